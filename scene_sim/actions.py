@@ -1,0 +1,182 @@
+"""Typed chat actions and the defensive parser for model output.
+
+Every role acts through the same three actions (seed B.3/B.4): send a
+message, react to an earlier turn, or do nothing. Model output is parsed by
+:func:`parse_action`, which never raises on bad input: it returns an
+:class:`ActionParse` whose ``error`` says what was wrong so the caller can
+re-query, and finally fall back to a logged no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+__all__ = [
+    "ACTION_SCHEMA",
+    "Action",
+    "ActionParse",
+    "Message",
+    "NoOp",
+    "React",
+    "action_from_parts",
+    "extract_json",
+    "parse_action",
+]
+
+MAX_MESSAGE_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Send a chat message."""
+
+    content: str
+    kind: ClassVar[str] = "message"
+
+
+@dataclass(frozen=True, slots=True)
+class React:
+    """Add an emoji reaction to an earlier message."""
+
+    content: str
+    target_turn_id: int
+    kind: ClassVar[str] = "react"
+
+
+@dataclass(frozen=True, slots=True)
+class NoOp:
+    """Do nothing this time."""
+
+    content: str = ""
+    kind: ClassVar[str] = "no-op"
+
+
+Action = Message | React | NoOp
+
+#: JSON Schema of the action object every role returns (seed B.3/B.4), used
+#: for providers' structured-output features.
+ACTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "action": {"type": "string", "enum": ["message", "react", "no-op"]},
+        "content": {"type": "string"},
+        "target_turn_id": {"type": ["integer", "null"]},
+    },
+    "required": ["action", "content", "target_turn_id"],
+    "additionalProperties": False,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ActionParse:
+    """Result of parsing one model output."""
+
+    action: Action | None
+    error: str | None = None
+    data: dict[str, Any] | None = None
+
+
+def action_from_parts(kind: str, content: str = "", target_turn_id: int | None = None) -> Action:
+    """Build a typed action from its logged parts."""
+    if kind == "message":
+        return Message(content=content)
+    if kind == "react":
+        return React(content=content, target_turn_id=int(target_turn_id or 0))
+    return NoOp()
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+
+
+def extract_json(text: str) -> Any:
+    """Pull the first JSON object out of ``text`` (bare, fenced, or embedded).
+
+    Raises:
+        ValueError: when no JSON object can be decoded.
+    """
+    candidates = [text.strip()]
+    candidates += [m.group(1).strip() for m in _FENCE.finditer(text)]
+    start = text.find("{")
+    if start >= 0:
+        candidates.append(text[start:])
+    decoder = json.JSONDecoder()
+    for c in candidates:
+        if not c:
+            continue
+        try:
+            return json.loads(c)
+        except json.JSONDecodeError:
+            pass
+        i = c.find("{")
+        if i >= 0:
+            try:
+                obj, _ = decoder.raw_decode(c[i:])
+                return obj
+            except json.JSONDecodeError:
+                pass
+    raise ValueError("no JSON object found")
+
+
+_ALIASES: dict[str, Literal["message", "react", "no-op"]] = {
+    "message": "message",
+    "msg": "message",
+    "say": "message",
+    "send": "message",
+    "reply": "message",
+    "react": "react",
+    "reaction": "react",
+    "emoji": "react",
+    "no-op": "no-op",
+    "noop": "no-op",
+    "no_op": "no-op",
+    "none": "no-op",
+    "pass": "no-op",
+    "silent": "no-op",
+    "silence": "no-op",
+    "nothing": "no-op",
+}
+
+
+def parse_action(raw: str | dict[str, Any] | None) -> ActionParse:
+    """Parse a model's action output defensively; never raises.
+
+    Accepts a dict (structured output) or text containing a JSON object with
+    ``action``, ``content`` and ``target_turn_id``. Common variants
+    (``"noop"``, ``"t12"`` as a turn id) are normalised. Semantic checks
+    against the chat (does the target exist?) are the world's job.
+    """
+    if raw is None:
+        return ActionParse(None, "empty output")
+    if isinstance(raw, dict):
+        data = raw
+    else:
+        try:
+            data = extract_json(str(raw))
+        except ValueError as exc:
+            return ActionParse(None, f"could not read a JSON object: {exc}")
+    if not isinstance(data, dict):
+        return ActionParse(None, "output is not a JSON object")
+    name = str(data.get("action", "")).strip().lower()
+    kind = _ALIASES.get(name)
+    if kind is None:
+        return ActionParse(None, f"unknown action {name!r}; use message, react or no-op", data)
+    content = data.get("content")
+    content = "" if content is None else str(content).strip()
+    if kind == "no-op":
+        return ActionParse(NoOp(), None, data)
+    if not content:
+        return ActionParse(None, f"a {kind} needs non-empty content", data)
+    if kind == "message":
+        return ActionParse(Message(content=content[:MAX_MESSAGE_CHARS]), None, data)
+    target = data.get("target_turn_id")
+    if isinstance(target, str):
+        m = re.fullmatch(r"\s*\[?t?(\d+)\]?\s*", target)
+        target = int(m.group(1)) if m else None
+    if isinstance(target, bool) or not isinstance(target, int | float):
+        return ActionParse(None, "a react needs an integer target_turn_id", data)
+    if len(content) > 16:
+        return ActionParse(None, "a reaction is a single emoji", data)
+    return ActionParse(React(content=content, target_turn_id=int(target)), None, data)
