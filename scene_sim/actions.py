@@ -96,6 +96,7 @@ def extract_json(text: str) -> Any:
 
     Raises:
         ValueError: when no JSON object can be decoded.
+
     """
     candidates = [text.strip()]
     candidates += [m.group(1).strip() for m in _FENCE.finditer(text)]

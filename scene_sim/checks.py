@@ -48,7 +48,9 @@ def lint_scenario(scenario: Scenario, taxonomy: Taxonomy) -> list[str]:
             parsed = parse_line(line, subject)
             stance = reader.stance(norm.id, _turn(50, p.name, parsed.action, parsed.content, 1))
             if stance == "breach":
-                problems.append(f"hidden.personas[{p.name}].in_register_lines[{i}]: reads as a breach of {norm.id}: {line!r}")
+                problems.append(
+                    f"hidden.personas[{p.name}].in_register_lines[{i}]: reads as a breach of {norm.id}: {line!r}"
+                )
             demos += stance == "comply"
     need = scenario.hidden.fidelity_criteria.demonstration_min_count
     if norm.cues.comply and demos < need:
@@ -67,7 +69,8 @@ def lint_scenario(scenario: Scenario, taxonomy: Taxonomy) -> list[str]:
             turn = _turn(30 + i, demo_name, parsed.action, parsed.content, 1 if parsed.action == "react" else None)
             if norm.cues.breach and reader.stance(norm.id, turn) != "breach":
                 problems.append(
-                    f"hidden.personas[{demo_name}].precedent_lines_or_null[{i}]: does not read as a breach of {norm.id}: {line!r}"
+                    f"hidden.personas[{demo_name}].precedent_lines_or_null[{i}]: "
+                    f"does not read as a breach of {norm.id}: {line!r}"
                 )
         first = parse_line(lines[0], subject) if lines else None
         if first is not None:

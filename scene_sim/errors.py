@@ -19,7 +19,11 @@ class SceneSimError(Exception):
 
 def suggest(word: str, choices: Iterable[str], n: int = 3) -> str:
     """Return a ' (did you mean ...?)' hint for ``word`` among ``choices``, or ''."""
-    close = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
+    pool = [str(c) for c in choices]
+    close = difflib.get_close_matches(word, pool, n=n, cutoff=0.5)
+    if not close and len(word) >= 3:
+        # ids are long: a fragment of one is a good enough hint
+        close = [c for c in pool if word.lower() in c.lower()][:n]
     if not close:
         return ""
     return " (did you mean " + ", ".join(repr(c) for c in close) + "?)"

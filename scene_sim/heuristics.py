@@ -1,4 +1,4 @@
-"""Observable cues: does a turn comply with a norm, breach it, sanction or repair?
+"""Observable cues: does a turn comply with a norm, breach it, sanction or repair it.
 
 The cue data lives in the taxonomy (``norms.json``, ``sanctions.json``,
 ``patterns.json``). This module evaluates it against chat turns. It serves
@@ -23,9 +23,76 @@ Stance = Literal["comply", "breach"]
 
 _WORD = re.compile(r"[\w'’]+", re.UNICODE)
 _STOP = frozenset(
-    "the a an and or but to of in on at for with is are was were be been it this that i you we they he she "
-    "my your our their me us so just not no yes do does did have has had will would can could should what "
-    "how when where who why there here then than too very really about from into out up".split()
+    [
+        "the",
+        "a",
+        "an",
+        "and",
+        "or",
+        "but",
+        "to",
+        "of",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "it",
+        "this",
+        "that",
+        "i",
+        "you",
+        "we",
+        "they",
+        "he",
+        "she",
+        "my",
+        "your",
+        "our",
+        "their",
+        "me",
+        "us",
+        "so",
+        "just",
+        "not",
+        "no",
+        "yes",
+        "do",
+        "does",
+        "did",
+        "have",
+        "has",
+        "had",
+        "will",
+        "would",
+        "can",
+        "could",
+        "should",
+        "what",
+        "how",
+        "when",
+        "where",
+        "who",
+        "why",
+        "there",
+        "here",
+        "then",
+        "than",
+        "too",
+        "very",
+        "really",
+        "about",
+        "from",
+        "into",
+        "out",
+        "up",
+    ]
 )
 
 
@@ -54,6 +121,7 @@ class CueReader:
 
     Args:
         taxonomy: the loaded taxonomy (cue patterns come from it).
+
     """
 
     def __init__(self, taxonomy: Taxonomy) -> None:
@@ -76,6 +144,7 @@ class CueReader:
             turn: the turn to test.
             offence: the breach turn that context conditions refer to.
             history: turns up to and including ``turn`` (for ``ignores_offender``).
+
         """
         if cue.action is not None and turn.kind != cue.action:
             return False

@@ -51,6 +51,7 @@ class ModelSpec:
         Raises:
             SceneSimError: for an empty string, an unknown provider or a
                 provider that needs a model name but got none.
+
         """
         raw = (text or "").strip()
         if not raw:

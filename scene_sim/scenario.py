@@ -78,6 +78,8 @@ class ScaffoldTurn(_Model):
 
 
 class Transcript(_Model):
+    """The scaffold's scripted opening and its elicitor turn."""
+
     opening_turns: tuple[ScaffoldTurn, ...] = Field(min_length=4, max_length=6)
     elicitor_turn: ScaffoldTurn
 
@@ -99,6 +101,8 @@ class Scaffold(_Model):
 
 
 class TupleModel(_Model):
+    """The scenario's tuple."""
+
     event: str
     norm: str
     elicitor: str
@@ -121,6 +125,8 @@ class HiddenPersona(_Model):
 
 
 class FidelityCriteria(_Model):
+    """What the fidelity audit checks for this scenario."""
+
     demonstration_min_count: int = Field(ge=0)
     sanction_required_modality: str
     precedent_complete_by_turn: int = Field(ge=0)
@@ -192,7 +198,9 @@ class Scenario(_Model):
             if turn.turn_id != i:
                 raise ValueError(f"scaffold.transcript.{where}.turn_id: expected {i}, got {turn.turn_id}")
             if turn.actor not in cast:
-                raise ValueError(f"scaffold.transcript.{where}.actor: '{turn.actor}' is not in the cast{suggest(turn.actor, cast)}")
+                raise ValueError(
+                    f"scaffold.transcript.{where}.actor: '{turn.actor}' is not in the cast{suggest(turn.actor, cast)}"
+                )
             if turn.action == "message" and not turn.content.strip():
                 raise ValueError(f"scaffold.transcript.{where}.content: a message needs content")
             if turn.action == "react" and not (turn.target_turn_id and 1 <= turn.target_turn_id < i):
@@ -214,7 +222,8 @@ class Scenario(_Model):
                 raise ValueError("hidden.precedent_demonstrator: precedent 1 needs a demonstrator from the cast")
             if demo not in with_lines or len(with_lines) < 2:
                 raise ValueError(
-                    "hidden.personas: precedent 1 needs precedent lines for the demonstrator and at least one sanctioner"
+                    "hidden.personas: precedent 1 needs precedent lines for the demonstrator "
+                    "and at least one sanctioner"
                 )
         elif demo is not None or with_lines:
             raise ValueError("hidden: precedent 0 must have no precedent_demonstrator and no precedent lines")
@@ -331,6 +340,7 @@ def load_scenarios(source: str | Path | None = None, taxonomy: Taxonomy | None =
 
     Raises:
         SceneSimError: one line naming the file and the field at fault.
+
     """
     path = Path(source) if source is not None else default_bank_dir()
     if path.is_dir():
@@ -353,7 +363,9 @@ def load_scenarios(source: str | Path | None = None, taxonomy: Taxonomy | None =
                     raise SceneSimError(f"{where}: tuple: {exc}") from None
                 leaks = scaffold_leaks(scenario.scaffold, taxonomy, scenario.tuple.norm)
                 if leaks:
-                    raise SceneSimError(f"{where}: scaffold: mentions {', '.join(repr(t) for t in leaks)}, which hints at the norm")
+                    raise SceneSimError(
+                        f"{where}: scaffold: mentions {', '.join(repr(t) for t in leaks)}, which hints at the norm"
+                    )
                 if not taxonomy.events[scenario.tuple.event].features.get("reactions", True):
                     for p in scenario.hidden.personas:
                         lines = (*p.sanction_lines, *(p.precedent_lines_or_null or ()), *p.in_register_lines)

@@ -309,6 +309,7 @@ def load_taxonomy(directory: str | Path | None = None) -> Taxonomy:
         SceneSimError: naming the file and field of the first problem: unknown
             ids in ``applies_to``, asymmetric pole pairs, empty lists, unknown
             pattern names, events lacking a feature an entry requires.
+
     """
     root = Path(directory) if directory is not None else default_taxonomy_dir()
     loaded = {axis: _entries(root / _FILES[axis], model) for axis, model in _MODELS.items()}
@@ -371,17 +372,22 @@ def load_taxonomy(directory: str | Path | None = None) -> Taxonomy:
         partner = by_id.get(n.pole_partner)
         if partner is None:
             raise SceneSimError(
-                f"{norm_path}: entries[{i}].pole_partner: unknown norm '{n.pole_partner}'{suggest(n.pole_partner, by_id)}"
+                f"{norm_path}: entries[{i}].pole_partner: unknown norm "
+                f"'{n.pole_partner}'{suggest(n.pole_partner, by_id)}"
             )
         if partner.id == n.id or partner.pole_partner != n.id:
             raise SceneSimError(
-                f"{norm_path}: entries[{i}].pole_partner: asymmetric pair '{n.id}' -> '{partner.id}' -> '{partner.pole_partner}'"
+                f"{norm_path}: entries[{i}].pole_partner: asymmetric pair "
+                f"'{n.id}' -> '{partner.id}' -> '{partner.pole_partner}'"
             )
         if partner.pair != n.pair:
-            raise SceneSimError(f"{norm_path}: entries[{i}].pair: '{n.id}' and '{partner.id}' have different pair numbers")
+            raise SceneSimError(
+                f"{norm_path}: entries[{i}].pair: '{n.id}' and '{partner.id}' have different pair numbers"
+            )
         if set(partner.applies_to) != set(n.applies_to):
             raise SceneSimError(
-                f"{norm_path}: entries[{i}].applies_to: '{n.id}' and its partner '{partner.id}' must apply to the same events"
+                f"{norm_path}: entries[{i}].applies_to: '{n.id}' and its partner '{partner.id}' "
+                "must apply to the same events"
             )
     return Taxonomy(events, norms, elicitors, sanctions, precedent, patterns, repair_cues, banned)
 
@@ -400,12 +406,14 @@ def _cues_of(entry: _Entry) -> Iterable[Cue]:
 def sample_tuples(taxonomy: Taxonomy, n: int, seed: int = 0) -> list[SceneTuple]:
     """Pick ``n`` distinct valid tuples that cover every axis value as evenly as possible.
 
-    Greedy: each pick is the unused tuple whose axis values have been used
-    least so far (counts scaled by the axis size, so every axis weighs the
-    same); ties go to a seeded random priority. Same seed, same list.
+    Greedy: each pick is the unused tuple that brings the most axis values
+    not yet covered, then whose values have been used least so far (counts
+    scaled by the axis size, so every axis weighs the same); ties go to a
+    seeded random priority. Same seed, same list.
 
     Raises:
         SceneSimError: when ``n`` is not in ``1..len(valid tuples)``.
+
     """
     valid = taxonomy.valid_tuples
     if not 1 <= n <= len(valid):
@@ -421,8 +429,9 @@ def sample_tuples(taxonomy: Taxonomy, n: int, seed: int = 0) -> list[SceneTuple]
     used = np.zeros(len(valid), dtype=bool)
     picks = []
     for _ in range(n):
-        score = sum(c[code] * size for c, code, size in zip(counts, codes, sizes, strict=True))
-        score = np.where(used, np.inf, score + priority)
+        load = sum(c[code] * size for c, code, size in zip(counts, codes, sizes, strict=True))
+        fresh = sum((c[code] == 0).astype(np.float64) for c, code in zip(counts, codes, strict=True))
+        score = np.where(used, np.inf, load - fresh * 1e6 + priority)
         k = int(np.argmin(score))
         used[k] = True
         picks.append(valid[k])

@@ -32,6 +32,7 @@ class ChatTurn:
         target_turn_id: the message a reaction is on.
         tick: orchestrator tick it was posted in (0 for the scaffold).
         meta: hidden bookkeeping, never shown to any participant.
+
     """
 
     turn_id: int
@@ -49,6 +50,7 @@ class ChatWorld:
     Args:
         participants: every name in the chat (personas and subject).
         reactions: whether the chat supports emoji reactions.
+
     """
 
     def __init__(self, participants: list[str], *, reactions: bool = True) -> None:
@@ -109,6 +111,7 @@ class ChatWorld:
 
         Raises:
             ValueError: if :meth:`validate` rejects the action.
+
         """
         if isinstance(action, NoOp):
             return None
@@ -127,33 +130,46 @@ class ChatWorld:
         self._turns.append(turn)
         return turn
 
-    def render(self, *, me: str | None = None) -> str:
+    def render(self, *, me: str | None = None, style: Literal["chronological", "threaded"] = "chronological") -> str:
         """The transcript as participants see it (see :func:`render_transcript`)."""
-        return render_transcript(self._turns, me=me)
+        return render_transcript(self._turns, me=me, style=style)
 
 
-def render_transcript(turns: list[ChatTurn] | tuple[ChatTurn, ...], *, me: str | None = None) -> str:
-    """Render turns as text, reactions listed under the message they target.
+def render_transcript(
+    turns: list[ChatTurn] | tuple[ChatTurn, ...],
+    *,
+    me: str | None = None,
+    style: Literal["chronological", "threaded"] = "chronological",
+) -> str:
+    """Render turns as text; no hidden field is ever rendered.
 
-    Each message is ``[t<id>] <actor>: <text>``; its reactions follow on one
-    indented line as ``reactions: 👍 Kenji [t9], 💀 Priya [t11]``. ``me``
-    marks the reader's own lines with ``(you)``. No hidden field is rendered.
+    ``chronological`` (used in prompts) lists every turn in posting order,
+    reactions as ``[t9] Kenji reacted 👍 to [t6]``; it only ever grows at the
+    end, so provider prefix caches keep hitting. ``threaded`` (used for
+    reading) lists reactions on one indented line under their message.
+    ``me`` marks the reader's own turns with ``(you)``.
     """
+
+    def who(name: str) -> str:
+        return f"{name} (you)" if me is not None and name == me else name
+
+    lines = []
+    if style == "chronological":
+        for t in turns:
+            if t.kind == "message":
+                lines.append(f"[t{t.turn_id}] {who(t.actor)}: {t.content}")
+            else:
+                lines.append(f"[t{t.turn_id}] {who(t.actor)} reacted {t.content} to [t{t.target_turn_id}]")
+        return "\n".join(lines) if lines else "(no messages yet)"
     by_target: dict[int, list[ChatTurn]] = {}
     for t in turns:
         if t.kind == "react" and t.target_turn_id is not None:
             by_target.setdefault(t.target_turn_id, []).append(t)
-    lines = []
     for t in turns:
         if t.kind != "message":
             continue
-        who = f"{t.actor} (you)" if me is not None and t.actor == me else t.actor
-        lines.append(f"[t{t.turn_id}] {who}: {t.content}")
+        lines.append(f"[t{t.turn_id}] {who(t.actor)}: {t.content}")
         reacts = by_target.get(t.turn_id)
         if reacts:
-            shown = ", ".join(
-                f"{r.content} {r.actor}{' (you)' if me is not None and r.actor == me else ''} [t{r.turn_id}]" for r in reacts
-            )
-            lines.append(f"    reactions: {shown}")
+            lines.append("    reactions: " + ", ".join(f"{r.content} {who(r.actor)} [t{r.turn_id}]" for r in reacts))
     return "\n".join(lines) if lines else "(no messages yet)"
-

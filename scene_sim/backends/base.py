@@ -11,8 +11,17 @@ in one place, never per provider.
 from __future__ import annotations
 
 import abc
+import email.utils
+import importlib
+import os
+import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, ClassVar, Literal
+
+from scene_sim.errors import SceneSimError
 
 __all__ = [
     "Backend",
@@ -22,6 +31,11 @@ __all__ = [
     "GenerateRequest",
     "GenerateResponse",
     "Usage",
+    "is_transport_error",
+    "parse_retry_after",
+    "redact",
+    "register_secret_env",
+    "require_sdk",
 ]
 
 Role = Literal["system", "user", "assistant"]
@@ -48,6 +62,7 @@ class GenerateRequest:
         stop: stop sequences.
         replicate: repetition index; part of the cache key so repetitions differ.
         role: the calling role (persona, subject, judge, ...), for accounting only.
+
     """
 
     messages: tuple[dict[str, str], ...]
@@ -93,6 +108,7 @@ class GenerateResponse:
         cache_hit: served from the response cache.
         retries: one record per failed attempt: ``{"attempt", "error", "wait_s"}``.
         finish_reason: provider's stop reason, if any.
+
     """
 
     text: str
@@ -117,9 +133,12 @@ class BackendError(Exception):
             ``fatal`` (bad request, auth, permission, missing model).
         status: HTTP status when known.
         retry_after: seconds the provider asked us to wait, when given.
+
     """
 
-    def __init__(self, message: str, *, kind: ErrorKind = "retry", status: int | None = None, retry_after: float | None = None):
+    def __init__(
+        self, message: str, *, kind: ErrorKind = "retry", status: int | None = None, retry_after: float | None = None
+    ):
         super().__init__(message)
         self.kind = kind
         self.status = status
@@ -136,6 +155,7 @@ class Capabilities:
         scores_choices: answers ``choices`` by scoring each option (local
             models); otherwise the managed wrapper turns choices into an enum schema.
         seed: honours ``seed``.
+
     """
 
     structured_output: bool = True
@@ -150,12 +170,17 @@ class Backend(abc.ABC):
         model: the model name within the provider (``claude-...``, a hub id, ...).
         base_url: endpoint override (None: the SDK's own default / env variable).
         options: provider-specific options from the model string or spec.
+
     """
 
     provider: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities] = Capabilities()
     #: Default connection limit for this provider (the managed wrapper's semaphore).
     default_max_connections: ClassVar[int] = 16
+    #: Option keys this provider accepts after ``?`` in a model string, besides
+    #: ``base_url`` and the managed wrapper's own (``max_connections``, ``rpm``,
+    #: ``tpm``, ``timeout_s``, ``max_attempts``). None: options are not checked.
+    valid_options: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, model: str, *, base_url: str | None = None, **options: Any) -> None:
         self.model = model
@@ -173,6 +198,7 @@ class Backend(abc.ABC):
 
         Raises:
             BackendError: for provider failures, classified for the retry wrapper.
+
         """
 
     def classify(self, exc: BaseException) -> BackendError:
@@ -184,8 +210,129 @@ class Backend(abc.ABC):
         return BackendError(f"{type(exc).__name__}: {exc}", kind="fatal")
 
     def cache_identity(self) -> dict[str, Any]:
-        """What identifies this backend in the response cache key (hook)."""
+        """Return what identifies this backend in the response cache key (hook)."""
         return {"provider": self.provider, "model": self.model, "base_url": self.base_url}
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients, threads or GPU memory (hook)."""
+
+
+# --------------------------------------------------------------------------
+# Helpers for provider implementations.
+# --------------------------------------------------------------------------
+
+#: Environment variables whose values are secrets; :func:`redact` removes their values.
+_SECRET_ENV_VARS: set[str] = {
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "GOOGLE_API_KEY",
+    "GEMINI_API_KEY",
+    "OPENAI_API_KEY",
+    "OPENROUTER_API_KEY",
+    "TOGETHER_API_KEY",
+    "HF_TOKEN",
+}
+#: Shapes of well-known key formats, redacted even when not read from the environment.
+_SECRET_PATTERNS = re.compile(
+    r"(sk-ant-[A-Za-z0-9_\-]{8,}|sk-[A-Za-z0-9_\-]{16,}|AIza[0-9A-Za-z_\-]{20,}|hf_[A-Za-z0-9]{20,})"
+)
+REDACTED = "[REDACTED]"
+
+
+def register_secret_env(name: str) -> None:
+    """Mark the environment variable ``name`` as holding a secret (for :func:`redact`)."""
+    _SECRET_ENV_VARS.add(name)
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every known secret value replaced by ``[REDACTED]``.
+
+    Secrets are the current values of the registered key variables (see
+    :func:`register_secret_env`) and anything shaped like a common API key.
+    """
+    if not text:
+        return text
+    for name in _SECRET_ENV_VARS:
+        value = os.environ.get(name)
+        if value and len(value) >= 6 and value in text:
+            text = text.replace(value, REDACTED)
+    return _SECRET_PATTERNS.sub(REDACTED, text)
+
+
+def require_sdk(module: str, extra: str, what: str | None = None) -> ModuleType:
+    """Import ``module`` or raise a :class:`SceneSimError` naming the extra to install.
+
+    Args:
+        module: the import name (``anthropic``, ``google.genai``, ...).
+        extra: the scene-sim extra that provides it (``anthropic``, ``google``, ...).
+        what: what needs it, for the message (default: the module name).
+
+    Raises:
+        SceneSimError: when the module cannot be imported.
+
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise SceneSimError(
+            f"{what or module} needs the '{module}' package, which is not installed: "
+            f"pip install 'scene-sim[{extra}]' ({exc})"
+        ) from None
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` headers (None when absent).
+
+    ``retry-after`` may be seconds (integer or float) or an HTTP date.
+    """
+    if not headers:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return max(0.0, float(ms) / 1000.0)
+    except (TypeError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+_TRANSPORT_NAMES = frozenset(
+    {
+        "TimeoutException",
+        "TransportError",
+        "NetworkError",
+        "ConnectError",
+        "ReadError",
+        "WriteError",
+        "RemoteProtocolError",
+        "ProtocolError",
+        "PoolTimeout",
+        "ClientConnectionError",
+        "ServerDisconnectedError",
+    }
+)
+
+
+_TRANSPORT_MODULES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2", "aiohttp", "anyio"})
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a timeout or connection failure of the HTTP layer (retryable)."""
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    for cls in type(exc).__mro__:
+        root = cls.__module__.split(".", 1)[0]
+        if root in _TRANSPORT_MODULES and cls.__name__ in _TRANSPORT_NAMES:
+            return True
+    return False

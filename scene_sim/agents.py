@@ -1,0 +1,523 @@
+"""The agents of an episode: ``Subject``, ``ScriptedPersona``, ``Orchestrator``.
+
+They are Mesa agents owned by :class:`scene_sim.model.SceneModel`. Each turn
+the runtime asks an agent for its *view* (what it may see), renders its
+prompt from ``agents/<role>.md`` and awaits :meth:`ChatAgent.decide`. The
+base classes decide with a language model; the offline policies in
+:mod:`scene_sim.policies` subclass them and override ``decide`` only.
+
+Writing your own agent::
+
+    class Contrarian(Subject):
+        async def decide(self, view, system, messages):
+            last = view.turns[-1] if view.turns else None
+            if last is not None and last.kind == "message":
+                return Decision(React(content="🤔", target_turn_id=last.turn_id))
+            return Decision(NoOp())
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import mesa
+
+from scene_sim.actions import ACTION_SCHEMA, Action, Message, NoOp, React, parse_action
+from scene_sim.backends.base import GenerateRequest
+from scene_sim.prompts import load_template
+from scene_sim.scenario import CastMember, HiddenPersona, Scenario
+from scene_sim.taxonomy import Norm, Sanction
+from scene_sim.world import ChatTurn, render_transcript
+
+if TYPE_CHECKING:
+    from scene_sim.model import SceneModel
+
+__all__ = [
+    "REACTION_EMOJI",
+    "ChatAgent",
+    "Decision",
+    "Orchestrator",
+    "OrchestratorView",
+    "PersonaView",
+    "RoutingDecision",
+    "ScriptedPersona",
+    "Subject",
+    "SubjectView",
+]
+
+#: Reactions a local model chooses from (API models may use any emoji).
+REACTION_EMOJI = ("👍", "❤️", "😂", "🙏", "🔥", "👀", "💀", "🙄", "😬", "🤐")
+
+_NO_META: Mapping[str, Any] = MappingProxyType({})
+
+#: How many times a malformed model output is re-queried before a logged no-op.
+MAX_REQUERIES = 2
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An agent's choice for one prompt.
+
+    Attributes:
+        action: what to post.
+        meta: hidden bookkeeping stored with the turn and the event log (for
+            scripted actors: what they intended); never shown to anyone.
+        parse_failure: the model's output could not be turned into a valid
+            action and this is the fallback no-op.
+
+    """
+
+    action: Action
+    meta: Mapping[str, Any] = field(default_factory=lambda: _NO_META)
+    parse_failure: bool = False
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    """The orchestrator's choice for one tick."""
+
+    order: tuple[str, ...]
+    terminate: bool = False
+    parse_failure: bool = False
+
+
+@dataclass(frozen=True)
+class SubjectView:
+    """Everything the subject may see: channel-visible context and its own briefing."""
+
+    name: str
+    bio: str
+    private_knowledge: str
+    channel: str
+    cast: tuple[CastMember, ...]
+    reactions: bool
+    turns: tuple[ChatTurn, ...]
+    reason: str
+    tick: int
+
+
+@dataclass(frozen=True)
+class PersonaView:
+    """A scripted persona's view: the chat plus its hidden instructions."""
+
+    name: str
+    bio: str
+    channel: str
+    cast: tuple[CastMember, ...]
+    subject: str
+    reactions: bool
+    turns: tuple[ChatTurn, ...]
+    reason: str
+    tick: int
+    norm: Norm
+    sanction: Sanction
+    hidden: HiddenPersona
+    precedent: int
+
+
+@dataclass(frozen=True)
+class OrchestratorView:
+    """The orchestrator's view: roster, outline and transcript."""
+
+    roster: tuple[str, ...]
+    outline: str
+    turns: tuple[ChatTurn, ...]
+    tick: int
+    max_turns: int
+    min_post_sanction_turns: int | None
+
+
+_CUES = {
+    "after_action": "It is your turn: send a message, react to a message, or do nothing.",
+    "floor_open": "Nobody else has said anything this round; the floor is open. Send a message, react, or do nothing.",
+    "turn": "It is your turn: send a message, react to a message, or do nothing.",
+}
+
+
+def _cast_lines(cast: Sequence[CastMember], extra: Sequence[tuple[str, str]] = ()) -> str:
+    rows = [f"- {c.name}: {c.bio_oneline}" for c in cast]
+    rows += [f"- {n}: {b}" for n, b in extra]
+    return "\n".join(rows)
+
+
+def _actions(reactions: bool) -> str:
+    return '"message" | "react" | "no-op"' if reactions else '"message" | "no-op"'
+
+
+class ChatAgent(mesa.Agent):
+    """Base of every chat role.
+
+    Args:
+        model: the episode.
+        name: the actor name used in the chat and the log.
+        llm: the managed backend that decides (None for offline policies).
+        model_string: the model string this agent was built from (for the log).
+
+    """
+
+    role: ClassVar[str] = "agent"
+
+    def __init__(self, model: SceneModel, name: str, *, llm: Any = None, model_string: str = "") -> None:
+        super().__init__(model)
+        self.name = name
+        self.llm = llm
+        self.model_string = model_string
+
+    # The three hooks a subclass may override -------------------------------------
+    def observe(self, reason: str) -> Any:
+        """Build this agent's view for a prompt with ``reason``."""
+        raise NotImplementedError
+
+    def render(self, view: Any) -> tuple[str, list[dict[str, str]]]:
+        """Render the prompt for ``view``: ``(system, messages)``."""
+        raise NotImplementedError
+
+    async def decide(self, view: Any, system: str, messages: list[dict[str, str]]) -> Decision:
+        """Choose an action. The default asks the language model."""
+        return await self._llm_action(view, system, messages)
+
+    def on_posted(self, turn: ChatTurn | None, decision: Decision) -> None:
+        """Called after the runtime posted this agent's decision (``turn`` is None for a no-op)."""
+
+    # The language-model path ----------------------------------------------------
+    async def _llm_action(self, view: Any, system: str, messages: list[dict[str, str]]) -> Decision:
+        if self.llm is None:
+            raise RuntimeError(f"{type(self).__name__} '{self.name}' has no language model and no policy")
+        if self.llm.capabilities.scores_choices:
+            return await self._choice_action(view, system, messages)
+        convo = list(messages)
+        for attempt in range(MAX_REQUERIES + 1):
+            response = await self.model.call_llm(
+                self,
+                GenerateRequest(
+                    messages=tuple(convo),
+                    system=system,
+                    schema=self._schema(),
+                    schema_name="chat_action",
+                    max_tokens=400,
+                    temperature=self.model.temperature,
+                    seed=self.model.call_seed(),
+                    replicate=self.model.rep,
+                    role=self.role,
+                ),
+                reason="turn" if attempt == 0 else "requery",
+                messages=convo,
+                system=system,
+                log_prompt=attempt > 0,
+            )
+            raw = response.parsed if response.parsed is not None else response.text
+            parsed = parse_action(raw)
+            problem = parsed.error
+            if parsed.action is not None and problem is None:
+                problem = self.model.world.validate(self.name, parsed.action)
+            if problem is None and parsed.action is not None:
+                return Decision(parsed.action, self._meta_from(parsed.data or {}))
+            convo = [
+                *convo,
+                {"role": "assistant", "content": response.text or ""},
+                {
+                    "role": "user",
+                    "content": f"That was not a valid action ({problem}). Reply with the JSON object only.",
+                },
+            ]
+        return Decision(NoOp(), parse_failure=True)
+
+    async def _choice_action(self, view: Any, system: str, messages: list[dict[str, str]]) -> Decision:
+        # Valid by construction: score the closed set of actions, then only
+        # generate free text for a message.
+        kinds = ["message", "react", "no-op"] if view.reactions else ["message", "no-op"]
+        options = tuple(f'{{"action": "{k}"' for k in kinds)
+        choice = await self._choose(system, messages, options)
+        kind = kinds[options.index(choice)]
+        if kind == "no-op":
+            return Decision(NoOp())
+        if kind == "react":
+            targets = [t.turn_id for t in view.turns if t.kind == "message"][-5:]
+            if not targets:
+                return Decision(NoOp())
+            pairs = list(itertools.product(targets, REACTION_EMOJI))
+            options = tuple(f'{{"action": "react", "target_turn_id": {t}, "content": "{e}"' for t, e in pairs)
+            picked = await self._choose(system, messages, options)
+            target, emoji = pairs[options.index(picked)]
+            return Decision(React(content=emoji, target_turn_id=target))
+        prefill = '{"action": "message", "content": "'
+        convo = [*messages, {"role": "assistant", "content": prefill}]
+        response = await self.model.call_llm(
+            self,
+            GenerateRequest(
+                messages=tuple(convo),
+                system=system,
+                max_tokens=60,
+                stop=('"', "\n"),
+                temperature=self.model.temperature,
+                seed=self.model.call_seed(),
+                replicate=self.model.rep,
+                role=self.role,
+            ),
+            reason="content",
+            messages=convo,
+            system=system,
+            log_prompt=False,
+        )
+        text = response.text.split('"')[0].strip()
+        if not text:
+            return Decision(NoOp(), parse_failure=True)
+        return Decision(Message(content=text))
+
+    async def _choose(self, system: str, messages: list[dict[str, str]], options: tuple[str, ...]) -> str:
+        response = await self.model.call_llm(
+            self,
+            GenerateRequest(
+                messages=tuple(messages),
+                system=system,
+                choices=options,
+                max_tokens=32,
+                seed=self.model.call_seed(),
+                replicate=self.model.rep,
+                role=self.role,
+            ),
+            reason="choice",
+            messages=list(messages),
+            system=system,
+            log_prompt=False,
+        )
+        return response.text if response.text in options else options[-1]
+
+    def _schema(self) -> dict[str, Any]:
+        return ACTION_SCHEMA
+
+    def _meta_from(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        return _NO_META
+
+
+class Subject(ChatAgent):
+    """The model under test. It sees only the channel-visible context."""
+
+    role: ClassVar[str] = "subject"
+
+    def observe(self, reason: str) -> SubjectView:
+        """The subject's view: its briefing and the visible transcript, no hidden field."""
+        sc: Scenario = self.model.scenario
+        me = sc.scaffold.subject
+        turns = tuple(
+            ChatTurn(t.turn_id, t.actor, t.kind, t.content, t.target_turn_id, t.tick) for t in self.model.world.turns
+        )
+        return SubjectView(
+            name=me.name,
+            bio=me.bio_oneline,
+            private_knowledge=me.private_knowledge,
+            channel=sc.scaffold.channel.description,
+            cast=sc.scaffold.channel.cast,
+            reactions=self.model.world.reactions_enabled,
+            turns=turns,
+            reason=reason,
+            tick=self.model.steps,
+        )
+
+    def render(self, view: SubjectView) -> tuple[str, list[dict[str, str]]]:
+        """Fill ``agents/subject.md`` from the subject's view only."""
+        system, user = load_template("subject").render(
+            name=view.name,
+            bio=view.bio,
+            private_knowledge=view.private_knowledge or "(nothing beyond what is in the chat)",
+            channel=view.channel,
+            cast=_cast_lines(view.cast, [(view.name, f"{view.bio} (you)")]),
+            actions=_actions(view.reactions),
+            transcript=render_transcript(view.turns, me=view.name),
+            cue=_CUES.get(view.reason, _CUES["turn"]),
+        )
+        return system, [{"role": "user", "content": user}]
+
+
+class ScriptedPersona(ChatAgent):
+    """A scripted persona (SCENE's SP): enacts the hidden norm and sanctions breaches.
+
+    'Scripted' means it follows a hidden script (outline, sanction and
+    precedent lines); by default a language model plays it. The offline
+    policy :class:`scene_sim.policies.OfflinePersona` plays it without one.
+    """
+
+    role: ClassVar[str] = "persona"
+
+    def observe(self, reason: str) -> PersonaView:
+        """The persona's view, hidden instructions included."""
+        m = self.model
+        sc: Scenario = m.scenario
+        bio = next(c.bio_oneline for c in sc.scaffold.channel.cast if c.name == self.name)
+        return PersonaView(
+            name=self.name,
+            bio=bio,
+            channel=sc.scaffold.channel.description,
+            cast=sc.scaffold.channel.cast,
+            subject=sc.scaffold.subject.name,
+            reactions=m.world.reactions_enabled,
+            turns=m.world.turns,
+            reason=reason,
+            tick=m.steps,
+            norm=m.taxonomy.norm(sc.tuple.norm),
+            sanction=m.taxonomy.sanctions[sc.tuple.sanction],
+            hidden=sc.persona(self.name),
+            precedent=sc.tuple.precedent,
+        )
+
+    def render(self, view: PersonaView) -> tuple[str, list[dict[str, str]]]:
+        """Fill ``agents/persona.md``."""
+        subject = self.model.scenario.scaffold.subject
+        h = view.hidden
+
+        def bullets(lines: Sequence[str] | None) -> str:
+            return "\n".join(f"- {x.replace('{subject}', view.subject)}" for x in lines) if lines else "(none)"
+
+        system, user = load_template("persona").render(
+            name=view.name,
+            bio=view.bio,
+            channel=view.channel,
+            cast=_cast_lines(view.cast, [(subject.name, subject.bio_oneline)]),
+            norm=view.norm.norm_text,
+            outline=h.outline,
+            in_register_lines="; ".join(h.in_register_lines) or "(free)",
+            sanction=view.sanction.id,
+            sanction_description=view.sanction.description,
+            sanction_lines=bullets(h.sanction_lines),
+            precedent_lines=bullets(h.precedent_lines_or_null),
+            actions=_actions(view.reactions),
+            transcript=render_transcript(view.turns, me=view.name),
+            cue=_CUES.get(view.reason, _CUES["turn"]),
+        )
+        return system, [{"role": "user", "content": user}]
+
+    def _schema(self) -> dict[str, Any]:
+        props = {**ACTION_SCHEMA["properties"], "sanction": {"type": "boolean"}}
+        return {**ACTION_SCHEMA, "properties": props, "required": [*ACTION_SCHEMA["required"], "sanction"]}
+
+    def _meta_from(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        if data.get("sanction") is True:
+            return MappingProxyType({"intent": "sanction", "claimed": True})
+        return _NO_META
+
+
+ORDER_SCHEMA_NAME = "routing"
+
+
+class Orchestrator(mesa.Agent):
+    """Decides the order in which the personas act each tick (routing only).
+
+    The default asks a language model (SCENE B.5); the offline policy
+    :class:`scene_sim.policies.SeededOrderOrchestrator` shuffles with the
+    model's seeded rng.
+    """
+
+    role: ClassVar[str] = "orchestrator"
+
+    def __init__(
+        self, model: SceneModel, name: str = "orchestrator", *, llm: Any = None, model_string: str = ""
+    ) -> None:
+        super().__init__(model)
+        self.name = name
+        self.llm = llm
+        self.model_string = model_string
+
+    def observe(self, reason: str = "turn") -> OrchestratorView:
+        """Roster, outline and transcript."""
+        m = self.model
+        sc: Scenario = m.scenario
+        outline = "\n".join(f"- {p.name}: {p.outline}" for p in sc.hidden.personas)
+        return OrchestratorView(
+            roster=tuple(c.name for c in sc.scaffold.channel.cast),
+            outline=outline,
+            turns=m.world.turns,
+            tick=m.steps,
+            max_turns=m.max_turns,
+            min_post_sanction_turns=m.min_post_sanction_turns,
+        )
+
+    def render(self, view: OrchestratorView) -> tuple[str, list[dict[str, str]]]:
+        """Fill ``agents/orchestrator.md``."""
+        system, user = load_template("orchestrator").render(
+            roster="\n".join(f"- {n}" for n in view.roster),
+            outline=view.outline,
+            max_turns=view.max_turns,
+            min_post_sanction_turns=view.min_post_sanction_turns
+            if view.min_post_sanction_turns is not None
+            else "never",
+            tick=view.tick,
+            transcript=render_transcript(view.turns),
+        )
+        return system, [{"role": "user", "content": user}]
+
+    async def decide(self, view: OrchestratorView, system: str, messages: list[dict[str, str]]) -> RoutingDecision:
+        """Ask the language model for the order; fall back to the roster order."""
+        roster = view.roster
+        if self.llm is None:
+            raise RuntimeError("Orchestrator has no language model and no policy")
+        if self.llm.capabilities.scores_choices:
+            perms = list(itertools.permutations(roster))
+            options = tuple('{"order": [' + ", ".join(f'"{n}"' for n in p) + "]" for p in perms)
+            response = await self.model.call_llm(
+                self,
+                GenerateRequest(
+                    messages=tuple(messages),
+                    system=system,
+                    choices=options,
+                    max_tokens=64,
+                    seed=self.model.call_seed(),
+                    replicate=self.model.rep,
+                    role=self.role,
+                ),
+                reason="choice",
+                messages=messages,
+                system=system,
+                log_prompt=False,
+            )
+            if response.text in options:
+                return RoutingDecision(perms[options.index(response.text)])
+            return RoutingDecision(roster, parse_failure=True)
+        schema = {
+            "type": "object",
+            "properties": {
+                "order": {"type": "array", "items": {"type": "string", "enum": list(roster)}},
+                "terminate": {"type": "boolean"},
+            },
+            "required": ["order", "terminate"],
+            "additionalProperties": False,
+        }
+        response = await self.model.call_llm(
+            self,
+            GenerateRequest(
+                messages=tuple(messages),
+                system=system,
+                schema=schema,
+                schema_name=ORDER_SCHEMA_NAME,
+                max_tokens=200,
+                temperature=self.model.temperature,
+                seed=self.model.call_seed(),
+                replicate=self.model.rep,
+                role=self.role,
+            ),
+            reason="turn",
+            messages=messages,
+            system=system,
+            log_prompt=False,
+        )
+        data = response.parsed if isinstance(response.parsed, dict) else None
+        if data is None:
+            from scene_sim.actions import extract_json
+
+            try:
+                data = extract_json(response.text)
+            except ValueError:
+                return RoutingDecision(roster, parse_failure=True)
+        order = data.get("order") if isinstance(data, dict) else None
+        if isinstance(order, str):
+            order = [order]
+        if not isinstance(order, list):
+            nxt = data.get("next_actor") if isinstance(data, dict) else None
+            order = [nxt] if isinstance(nxt, str) else []
+        clean = [n for n in dict.fromkeys(str(x) for x in order) if n in roster]
+        # Personas the model left out still get their chance this tick, after the others.
+        clean += [n for n in roster if n not in clean]
+        return RoutingDecision(tuple(clean), terminate=bool(data.get("terminate", False)), parse_failure=not order)

@@ -1,0 +1,252 @@
+"""The response cache: SQLite in ``$SCENE_SIM_CACHE_DIR`` (default: the user cache dir).
+
+A response is stored under the sha256 of the canonical JSON of everything
+that determines it: the backend's :meth:`~scene_sim.backends.base.Backend.cache_identity`
+(provider, model, base URL), the system text, messages, schema, choices,
+temperature, max_tokens, seed, stop sequences and the replicate index. Limits,
+retries and the calling role are not part of the key.
+
+Modes: ``read-write`` (default), ``read-only`` (reads, never writes, never
+creates the file) and ``off`` (never touches the file). The database runs in
+WAL mode with short transactions, so several processes can share it; every
+SQLite call runs on the cache's own worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar, cast
+
+from scene_sim.backends.base import GenerateRequest, GenerateResponse, Usage
+from scene_sim.errors import SceneSimError, suggest
+
+__all__ = ["CACHE_MODES", "CacheMode", "ResponseCache", "cache_key", "default_cache_dir"]
+
+log = logging.getLogger(__name__)
+
+CacheMode = Literal["read-write", "read-only", "off"]
+#: The valid cache modes, as the ``--cache`` flag spells them.
+CACHE_MODES: Final = ("read-write", "read-only", "off")
+#: Bump when the key recipe or the stored format changes.
+_KEY_VERSION: Final = 1
+_DB_NAME: Final = "responses.sqlite3"
+_BUSY_TIMEOUT_MS: Final = 30_000
+
+T = TypeVar("T")
+
+
+def default_cache_dir() -> Path:
+    """``$SCENE_SIM_CACHE_DIR`` if set, else the platform's user cache dir for scene-sim."""
+    env = os.environ.get("SCENE_SIM_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("scene-sim"))
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def cache_key(identity: Mapping[str, Any], request: GenerateRequest) -> str:
+    """Return the cache key of ``request`` sent to the backend described by ``identity``.
+
+    Args:
+        identity: :meth:`Backend.cache_identity` (provider, model, base URL, ...).
+        request: the request as the caller made it (before any choices-to-schema rewrite).
+
+    Returns:
+        A 64-character hex sha256 digest.
+
+    """
+    payload = {
+        "v": _KEY_VERSION,
+        "backend": dict(identity),
+        "system": request.system,
+        "messages": [dict(m) for m in request.messages],
+        "schema": request.schema,
+        "schema_name": request.schema_name if request.schema is not None else None,
+        "choices": list(request.choices) if request.choices is not None else None,
+        "temperature": request.temperature,
+        "max_tokens": request.max_tokens,
+        "seed": request.seed,
+        "stop": list(request.stop),
+        "replicate": request.replicate,
+    }
+    return hashlib.sha256(_canonical(payload).encode("utf-8")).hexdigest()
+
+
+def _encode(response: GenerateResponse) -> str:
+    return _canonical(
+        {
+            "text": response.text,
+            "parsed": response.parsed,
+            "usage": {
+                "input_tokens": response.usage.input_tokens,
+                "output_tokens": response.usage.output_tokens,
+                "cached_tokens": response.usage.cached_tokens,
+            },
+            "model": response.model,
+            "finish_reason": response.finish_reason,
+        }
+    )
+
+
+def _decode(raw: str) -> GenerateResponse:
+    data = json.loads(raw)
+    usage = data.get("usage") or {}
+    return GenerateResponse(
+        text=data["text"],
+        parsed=data.get("parsed"),
+        usage=Usage(
+            input_tokens=int(usage.get("input_tokens", 0)),
+            output_tokens=int(usage.get("output_tokens", 0)),
+            cached_tokens=int(usage.get("cached_tokens", 0)),
+        ),
+        model=data.get("model", ""),
+        finish_reason=data.get("finish_reason"),
+        cache_hit=True,
+        attempts=0,
+    )
+
+
+class ResponseCache:
+    """A process- and thread-safe response store shared by the backends of a run.
+
+    Args:
+        mode: ``read-write``, ``read-only`` or ``off``.
+        directory: where the database lives (default: :func:`default_cache_dir`).
+
+    Raises:
+        SceneSimError: for an unknown mode.
+
+    """
+
+    def __init__(self, mode: CacheMode | str = "read-write", directory: str | os.PathLike[str] | None = None) -> None:
+        if mode not in CACHE_MODES:
+            raise SceneSimError(
+                f"unknown cache mode '{mode}'{suggest(str(mode), CACHE_MODES)}; valid modes: {', '.join(CACHE_MODES)}"
+            )
+        self.mode: CacheMode = cast(CacheMode, mode)
+        self.directory = Path(directory).expanduser() if directory is not None else default_cache_dir()
+        self.path = self.directory / _DB_NAME
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._broken = False
+
+    def __repr__(self) -> str:
+        return f"ResponseCache(mode={self.mode!r}, path={str(self.path)!r})"
+
+    @property
+    def readable(self) -> bool:
+        """Whether lookups are made (modes ``read-write`` and ``read-only``)."""
+        return self.mode != "off"
+
+    @property
+    def writable(self) -> bool:
+        """Whether responses are stored (mode ``read-write`` only)."""
+        return self.mode == "read-write"
+
+    # -- worker-thread side -------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._conn is not None:
+            return self._conn
+        if self.mode == "read-only":
+            if not self.path.exists():
+                return None
+            conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_MS / 1000)
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS responses ("
+                " key TEXT PRIMARY KEY, model TEXT NOT NULL, response TEXT NOT NULL, created_at REAL NOT NULL)"
+            )
+        self._conn = conn
+        return conn
+
+    def _get_sync(self, key: str) -> str | None:
+        conn = self._connect()
+        if conn is None:
+            return None
+        try:
+            row = conn.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        return row[0] if row else None
+
+    def _put_sync(self, key: str, model: str, raw: str) -> None:
+        conn = self._connect()
+        if conn is None:  # pragma: no cover - read-write always connects
+            return
+        conn.execute(
+            "INSERT OR REPLACE INTO responses (key, model, response, created_at) VALUES (?, ?, ?, ?)",
+            (key, model, raw, time.time()),
+        )
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- event-loop side ----------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scene-sim-cache")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def get(self, key: str) -> GenerateResponse | None:
+        """Return the stored response for ``key`` (marked ``cache_hit``), or None.
+
+        A damaged or unreadable cache logs a warning and counts as a miss.
+        """
+        if not self.readable or self._broken:
+            return None
+        try:
+            raw = await self._run(self._get_sync, key)
+            return _decode(raw) if raw is not None else None
+        except (sqlite3.Error, OSError, ValueError, KeyError, TypeError) as exc:
+            self._broken = True
+            log.warning("response cache %s unreadable, continuing without it: %s", self.path, exc)
+            return None
+
+    async def put(self, key: str, response: GenerateResponse, *, model: str = "") -> None:
+        """Store ``response`` under ``key`` (only in ``read-write`` mode).
+
+        A failing write logs a warning; it never fails the call.
+        """
+        if not self.writable or self._broken:
+            return
+        try:
+            await self._run(self._put_sync, key, model or response.model, _encode(response))
+        except (sqlite3.Error, OSError, ValueError, TypeError) as exc:
+            self._broken = True
+            log.warning("response cache %s not writable, continuing without it: %s", self.path, exc)
+
+    async def aclose(self) -> None:
+        """Close the database and the worker thread (the cache reopens on next use)."""
+        if self._executor is None:
+            return
+        executor, self._executor = self._executor, None
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
+        finally:
+            executor.shutdown(wait=False)

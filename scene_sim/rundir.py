@@ -1,0 +1,153 @@
+"""The run directory (contract in DESIGN.md) and crash-safe file writes.
+
+Layout::
+
+    run.json                  spec, seeds, versions, accounting
+    episodes/<id>.jsonl       event log of each episode
+    labels/<id>.json          judge output + fidelity audit
+    episodes.csv, metrics.json, report.md, report.html, *.png
+
+Every file is written whole to a temporary name in the same folder, flushed
+to disk and renamed over the target, so a crash at any moment leaves either
+the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from scene_sim.errors import SceneSimError
+
+__all__ = ["RunDir", "atomic_write_text", "package_versions"]
+
+_TMP_PREFIX = ".tmp-"
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file, fsync, rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + target.name + ".", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages a result depends on."""
+    out = {"python": platform.python_version()}
+    for name in (
+        "scene-sim",
+        "mesa",
+        "pydantic",
+        "numpy",
+        "scipy",
+        "anthropic",
+        "google-genai",
+        "openai",
+        "transformers",
+        "torch",
+    ):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+class RunDir:
+    """A run directory on disk.
+
+    Args:
+        path: the folder (created on first write).
+
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.episodes_dir = self.path / "episodes"
+        self.labels_dir = self.path / "labels"
+
+    # -- run.json ------------------------------------------------------------
+    @property
+    def run_json(self) -> Path:
+        """Path of ``run.json``."""
+        return self.path / "run.json"
+
+    def read_run(self) -> dict[str, Any]:
+        """The parsed ``run.json`` (empty dict if absent)."""
+        if not self.run_json.exists():
+            return {}
+        try:
+            return json.loads(self.run_json.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise SceneSimError(f"{self.run_json}: invalid JSON: {exc.msg}") from None
+
+    def write_run(self, data: dict[str, Any]) -> None:
+        """Write ``run.json`` atomically."""
+        atomic_write_text(self.run_json, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+    # -- episodes --------------------------------------------------------------
+    def episode_path(self, episode_id: str) -> Path:
+        """Path of an episode's event log."""
+        return self.episodes_dir / f"{episode_id}.jsonl"
+
+    def label_path(self, episode_id: str) -> Path:
+        """Path of an episode's labels."""
+        return self.labels_dir / f"{episode_id}.json"
+
+    def write_episode(self, episode_id: str, events: list[dict[str, Any]]) -> Path:
+        """Write an episode's event log atomically."""
+        path = self.episode_path(episode_id)
+        atomic_write_text(path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events))
+        return path
+
+    def write_labels(self, episode_id: str, labels: dict[str, Any]) -> Path:
+        """Write an episode's labels atomically."""
+        path = self.label_path(episode_id)
+        atomic_write_text(path, json.dumps(labels, indent=1, ensure_ascii=False) + "\n")
+        return path
+
+    def episode_ids(self) -> list[str]:
+        """Ids of the episodes on disk, sorted (temporary files ignored)."""
+        if not self.episodes_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.episodes_dir.glob("*.jsonl") if not p.name.startswith(_TMP_PREFIX))
+
+    def labelled_ids(self) -> list[str]:
+        """Ids of the episodes that have labels."""
+        if not self.labels_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.labels_dir.glob("*.json") if not p.name.startswith(_TMP_PREFIX))
+
+    def read_labels(self, episode_id: str) -> dict[str, Any]:
+        """The labels of one episode."""
+        path = self.label_path(episode_id)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SceneSimError(f"{path}: no labels for episode '{episode_id}'") from None
+        except json.JSONDecodeError as exc:
+            raise SceneSimError(f"{path}: invalid JSON: {exc.msg}") from None
+
+    def clean_temporaries(self) -> int:
+        """Remove temporary files left by a crash; returns how many."""
+        n = 0
+        for folder in (self.path, self.episodes_dir, self.labels_dir):
+            if folder.is_dir():
+                for p in folder.glob(_TMP_PREFIX + "*"):
+                    p.unlink(missing_ok=True)
+                    n += 1
+        return n

@@ -1,0 +1,112 @@
+"""Run one episode into a run directory (``scene-sim run``, ``scene-sim demo``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from scene_sim import __version__
+from scene_sim.context import RunContext
+from scene_sim.model import EpisodeResult, SceneModel
+from scene_sim.rundir import RunDir, package_versions
+
+__all__ = ["RunOutcome", "run_episode"]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What :func:`run_episode` produced."""
+
+    run_dir: RunDir
+    result: EpisodeResult
+    analysis: Any = None
+
+
+async def run_episode(
+    out: str | Path,
+    *,
+    scenario: str,
+    subject: str,
+    personas: str = "scripted",
+    orchestrator: str = "scripted",
+    judge: str | None = "scripted",
+    seed: int = 0,
+    rep: int = 0,
+    max_turns: int = 8,
+    min_post_sanction_turns: int | None = None,
+    scenarios: str | None = None,
+    cache_mode: str = "read-write",
+    analyze: bool = True,
+    command: str = "run",
+) -> RunOutcome:
+    """Simulate one episode, write it to ``out`` and (optionally) judge and analyse it.
+
+    Args:
+        out: the run directory.
+        scenario: scenario id or path.
+        subject: subject model string.
+        personas: persona model string.
+        orchestrator: orchestrator model string.
+        judge: judge model string (None: do not judge).
+        seed: episode seed.
+        rep: repetition index.
+        max_turns: orchestrator ticks.
+        min_post_sanction_turns: the orchestrator's post-sanction stop (None: off).
+        scenarios: scenario source to look ``scenario`` up in.
+        cache_mode: response cache mode.
+        analyze: run the judge and the statistics after the episode.
+        command: recorded in ``run.json``.
+
+    """
+    started = time.perf_counter()
+    context = RunContext(cache_mode=cache_mode)
+    run_dir = RunDir(out)
+    try:
+        model = SceneModel(
+            scenario=scenario,
+            subject=subject,
+            personas=personas,
+            orchestrator=orchestrator,
+            judge=judge,
+            max_turns=max_turns,
+            seed=seed,
+            rep=rep,
+            min_post_sanction_turns=min_post_sanction_turns,
+            scenarios=scenarios,
+            context=context,
+        )
+        spec = {
+            "scenario": model.scenario.id,
+            "scenarios": scenarios,
+            "models": model.models,
+            "seed": seed,
+            "rep": rep,
+            "max_turns": max_turns,
+            "min_post_sanction_turns": min_post_sanction_turns,
+            "cache": cache_mode,
+        }
+        result = await model.arun()
+        run_dir.write_episode(result.episode_id, result.events)
+        analysis = None
+        if analyze and judge is not None:
+            from scene_sim.analysis import analyze_run
+
+            analysis = await analyze_run(run_dir, judge=judge, context=context)
+        run_dir.write_run(
+            {
+                "scene_sim": __version__,
+                "command": command,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "spec": spec,
+                "versions": package_versions(),
+                "episodes": [result.episode_id],
+                "accounting": context.accounting(),
+                "wall_time_s": round(time.perf_counter() - started, 3),
+            }
+        )
+        return RunOutcome(run_dir, result, analysis)
+    finally:
+        await context.aclose()
