@@ -56,8 +56,9 @@ def lint_scenario(scenario: Scenario, taxonomy: Taxonomy) -> list[str]:
     if norm.cues.comply and demos < need:
         problems.append(f"hidden.personas: only {demos} in-register lines read as {norm.id}, need {need}")
 
-    # A typical subject breach: the partner pole's register.
-    breach = partner.scripted.comply[0]
+    # A typical subject breach: the partner pole's register, its wordiest
+    # template (so that echo-based sanctions have words to echo).
+    breach = max(partner.scripted.comply, key=lambda a: (a.action == "message", len(a.content)))
     offence = _turn(40, subject, breach.action, breach.content, 1 if breach.action == "react" else None)
     _check_sanctions(reader, scenario, sanction.id, offence, problems, precedent=False)
 
