@@ -17,6 +17,7 @@ from scene_sim.backends._managed import (
     choice_schema,
     decode_json,
     match_choice,
+    model_call_fields,
 )
 from scene_sim.backends.base import (
     Backend,
@@ -54,4 +55,5 @@ __all__ = [
     "decode_json",
     "default_cache_dir",
     "match_choice",
+    "model_call_fields",
 ]

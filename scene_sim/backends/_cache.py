@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,9 @@ _DB_NAME: Final = "responses.sqlite3"
 _BUSY_TIMEOUT_MS: Final = 30_000
 
 T = TypeVar("T")
+
+_SHARED_CACHES: dict[tuple[str, str], ResponseCache] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 def default_cache_dir() -> Path:
@@ -146,6 +150,20 @@ class ResponseCache:
 
     def __repr__(self) -> str:
         return f"ResponseCache(mode={self.mode!r}, path={str(self.path)!r})"
+
+    @classmethod
+    def shared(
+        cls, mode: CacheMode | str = "read-write", directory: str | os.PathLike[str] | None = None
+    ) -> ResponseCache:
+        """Return the process-wide cache for ``mode`` and ``directory`` (one connection and thread each).
+
+        Backends made by :func:`~scene_sim.backends.create_backend` share these, so a run
+        opens the database once however many backends it creates.
+        """
+        instance = cls(mode, directory)
+        key = (instance.mode, str(instance.path.resolve()))
+        with _SHARED_LOCK:
+            return _SHARED_CACHES.setdefault(key, instance)
 
     @property
     def readable(self) -> bool:

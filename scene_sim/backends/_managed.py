@@ -51,6 +51,7 @@ __all__ = [
     "choice_schema",
     "decode_json",
     "match_choice",
+    "model_call_fields",
 ]
 
 #: Attempts per call (the first one included).
@@ -104,6 +105,51 @@ class FatalBackendError(CallFailed, SceneSimError):
 def _one_line(text: str, limit: int = 500) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def model_call_fields(result: GenerateResponse | BaseException, model: str = "") -> dict[str, Any]:
+    """Return the ``model_call`` event fields (all but ``actor``) for a call's outcome.
+
+    Args:
+        result: the response, or the exception the call raised (normally a :class:`CallFailed`).
+        model: the model string (default: the one in ``result``).
+
+    Returns:
+        ``{"model", "input_tokens", "output_tokens", "cached_tokens", "latency_s",
+        "attempts", "cache_hit", "error"}`` as DESIGN.md's event log specifies;
+        ``error`` is None on success and the one-line, key-free message otherwise.
+
+    """
+    if isinstance(result, GenerateResponse):
+        return {
+            "model": model or result.model,
+            "input_tokens": result.usage.input_tokens,
+            "output_tokens": result.usage.output_tokens,
+            "cached_tokens": result.usage.cached_tokens,
+            "latency_s": round(result.latency_s, 6),
+            "attempts": result.attempts,
+            "cache_hit": result.cache_hit,
+            "error": None,
+        }
+    return {
+        "model": model or getattr(result, "model", ""),
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cached_tokens": 0,
+        "latency_s": round(float(getattr(result, "latency_s", 0.0)), 6),
+        "attempts": int(getattr(result, "attempts", 1)),
+        "cache_hit": False,
+        "error": redact(_one_line(str(result) or type(result).__name__)),
+    }
+
+
+def _is_own_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from Python or scene-sim (its traceback helps and holds no SDK request state).
+
+    Provider SDK exceptions are not chained into :class:`CallFailed`: they carry
+    request objects (with auth headers) and their texts are already in the message.
+    """
+    return type(exc).__module__.split(".", 1)[0] in ("builtins", "scene_sim", "json", "asyncio")
 
 
 # -- output normalisation ---------------------------------------------------------
@@ -478,7 +524,7 @@ class ManagedBackend:
                         attempts=attempt,
                         retries=tuple(retries),
                         latency_s=elapsed,
-                    ) from None
+                    ) from (exc if _is_own_error(exc) else None)
                 wait = self._backoff(attempt, error.retry_after)
                 retries.append({"attempt": attempt, "error": message, "wait_s": round(wait, 3), "status": error.status})
                 await asyncio.sleep(wait)

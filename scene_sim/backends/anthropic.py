@@ -5,6 +5,12 @@ One attempt per :meth:`AnthropicBackend.generate` through
 managed wrapper retries). The system text is sent as a text block marked
 ``cache_control: ephemeral`` so Anthropic's prompt cache serves the stable
 prefix; structured output uses a forced tool whose input is the answer.
+
+Sampling: anthropic SDK 1.x dropped ``temperature`` from ``messages.create``'s
+signature (current Claude models ignore or reject it), so it travels in
+``extra_body``, which works with every SDK version. When the API rejects it
+(HTTP 400 naming ``temperature``), the backend stops sending it and the call
+is retried; ``?sampling=false`` never sends it.
 """
 
 from __future__ import annotations
@@ -52,6 +58,14 @@ def _error_message(exc: Any) -> str:
     return str(message or getattr(exc, "message", None) or exc)
 
 
+def _body_error_code(body: Any) -> str | None:
+    """Return ``error.details.error_code`` of an error body (older SDKs do not extract it)."""
+    err = body.get("error") if isinstance(body, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    code = details.get("error_code") if isinstance(details, dict) else None
+    return code if isinstance(code, str) else None
+
+
 class AnthropicBackend(Backend):
     """Claude through the Anthropic Messages API.
 
@@ -59,6 +73,7 @@ class AnthropicBackend(Backend):
         model: the Claude model id (``claude-sonnet-4-5``, ...).
         base_url: endpoint override (default: ``$ANTHROPIC_BASE_URL``, else the SDK default).
         cache_prompt: mark the system prefix for prompt caching (default true).
+        sampling: send ``temperature`` (default true; dropped automatically when the model rejects it).
         timeout_s: the SDK's own HTTP timeout (the managed wrapper's per-attempt
             timeout is the one that counts).
 
@@ -70,7 +85,7 @@ class AnthropicBackend(Backend):
     provider: ClassVar[str] = "anthropic"
     capabilities: ClassVar[Capabilities] = Capabilities(structured_output=True, scores_choices=False, seed=False)
     default_max_connections: ClassVar[int] = 16
-    valid_options: ClassVar[frozenset[str] | None] = frozenset({"cache_prompt"})
+    valid_options: ClassVar[frozenset[str] | None] = frozenset({"cache_prompt", "sampling"})
 
     def __init__(
         self,
@@ -78,17 +93,19 @@ class AnthropicBackend(Backend):
         *,
         base_url: str | None = None,
         cache_prompt: bool = True,
+        sampling: bool = True,
         timeout_s: float | None = None,
         **options: Any,
     ) -> None:
         base_url = base_url or os.environ.get(BASE_URL_ENV) or None
-        super().__init__(model, base_url=base_url, cache_prompt=cache_prompt, **options)
+        super().__init__(model, base_url=base_url, cache_prompt=cache_prompt, sampling=sampling, **options)
         self._sdk = require_sdk("anthropic", "anthropic", "the anthropic/ backend")
         if not os.environ.get(KEY_ENV):
             raise SceneSimError(
                 f"model '{self.model_string}' needs an Anthropic API key: set the {KEY_ENV} environment variable"
             )
         self.cache_prompt = bool(cache_prompt)
+        self.sampling = bool(sampling)
         self.timeout_s = timeout_s
         self._client: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
@@ -122,8 +139,8 @@ class AnthropicBackend(Backend):
             if self.cache_prompt:
                 block["cache_control"] = {"type": "ephemeral"}
             params["system"] = [block]
-        if request.temperature is not None:
-            params["temperature"] = request.temperature
+        if request.temperature is not None and self.sampling:
+            params["extra_body"] = {"temperature": request.temperature}
         if request.stop:
             params["stop_sequences"] = list(request.stop)
         if request.schema is not None:
@@ -193,9 +210,12 @@ class AnthropicBackend(Backend):
             message = redact(f"Anthropic {status}: {_error_message(exc)}")
             headers = getattr(getattr(exc, "response", None), "headers", None)
             retry_after = parse_retry_after(headers)
-            error_code = getattr(exc, "error_code", None)
+            error_code = getattr(exc, "error_code", None) or _body_error_code(getattr(exc, "body", None))
             if status == 429 and error_code in _FATAL_429_CODES:
                 return BackendError(message, kind="fatal", status=status)
+            if status == 400 and self.sampling and "temperature" in message.lower():
+                self.sampling = False  # this model takes no sampling parameters: stop sending them
+                return BackendError(f"{message} (retrying without temperature)", kind="retry", status=status)
             if status in _RETRY_STATUS or status >= 500:
                 return BackendError(message, kind="retry", status=status, retry_after=retry_after)
             return BackendError(message, kind="fatal", status=status)

@@ -95,6 +95,7 @@ class OpenAIBackend(Backend):
         structured: how schemas are requested: ``json_schema`` (default; strict
             when the schema allows it), ``json_object`` or ``none`` (schema in
             the prompt only; for servers without response_format).
+        sampling: send ``temperature`` (default true; dropped automatically when the model rejects it).
         timeout_s: the SDK's own HTTP timeout.
 
     Raises:
@@ -105,7 +106,7 @@ class OpenAIBackend(Backend):
     provider: ClassVar[str] = "openai"
     capabilities: ClassVar[Capabilities] = Capabilities(structured_output=True, scores_choices=False, seed=True)
     default_max_connections: ClassVar[int] = 16
-    valid_options: ClassVar[frozenset[str] | None] = frozenset({"api_key_env", "structured"})
+    valid_options: ClassVar[frozenset[str] | None] = frozenset({"api_key_env", "structured", "sampling"})
 
     def __init__(
         self,
@@ -114,11 +115,14 @@ class OpenAIBackend(Backend):
         base_url: str | None = None,
         api_key_env: str | None = None,
         structured: str = "json_schema",
+        sampling: bool = True,
         timeout_s: float | None = None,
         **options: Any,
     ) -> None:
         base_url = base_url or os.environ.get(BASE_URL_ENV) or None
-        super().__init__(model, base_url=base_url, api_key_env=api_key_env, structured=structured, **options)
+        super().__init__(
+            model, base_url=base_url, api_key_env=api_key_env, structured=structured, sampling=sampling, **options
+        )
         self._sdk = require_sdk("openai", "openai", "the openai/ backend")
         if structured not in _STRUCTURED_MODES:
             raise SceneSimError(
@@ -126,6 +130,7 @@ class OpenAIBackend(Backend):
                 f"{', '.join(_STRUCTURED_MODES)}"
             )
         self.structured = structured
+        self.sampling = bool(sampling)
         self.key_env = str(api_key_env or KEY_ENV)
         register_secret_env(self.key_env)
         if not os.environ.get(self.key_env) and not self.base_url:
@@ -173,7 +178,7 @@ class OpenAIBackend(Backend):
         # api.openai.com wants max_completion_tokens (reasoning models reject max_tokens);
         # compatible servers (vLLM, Ollama, ...) universally take max_tokens.
         params["max_completion_tokens" if self.is_openai_platform else "max_tokens"] = request.max_tokens
-        if request.temperature is not None:
+        if request.temperature is not None and self.sampling:
             params["temperature"] = request.temperature
         if request.seed is not None:
             params["seed"] = request.seed
@@ -243,6 +248,9 @@ class OpenAIBackend(Backend):
             code = _error_code(exc)
             if code in _FATAL_CODES:
                 return BackendError(message, kind="fatal", status=status)
+            if status == 400 and self.sampling and "temperature" in message.lower():
+                self.sampling = False  # e.g. reasoning models: only the default temperature is supported
+                return BackendError(f"{message} (retrying without temperature)", kind="retry", status=status)
             if status in _RETRY_STATUS or status >= 500:
                 headers = getattr(getattr(exc, "response", None), "headers", None)
                 return BackendError(message, kind="retry", status=status, retry_after=parse_retry_after(headers))

@@ -38,6 +38,8 @@ BACKENDS: Final[dict[str, str]] = {
 #: The extra that installs each provider's dependencies.
 _EXTRAS: Final[dict[str, str]] = {"anthropic": "anthropic", "google": "google", "openai": "openai", "hf": "local",
                                   "local": "local"}
+#: Option names that would carry a credential; refused so keys never sit in model strings (and logs).
+_SECRET_WORDS: Final = ("key", "token", "secret", "password")
 #: Model-string options handled by the managed wrapper, with their types.
 MANAGED_OPTIONS: Final[dict[str, type]] = {
     "max_connections": int,
@@ -52,7 +54,7 @@ def backend_class(provider: str) -> type[Backend]:
     """Import and return the backend class of ``provider``.
 
     Raises:
-        SceneSimError: for ``scripted`` (a policy, not a backend), an unknown
+        SceneSimError: for ``scripted`` / ``human`` (not backends), an unknown
             provider, or a provider whose module or dependencies are missing.
 
     """
@@ -61,6 +63,8 @@ def backend_class(provider: str) -> type[Backend]:
             "'scripted' models are offline policies, not model backends: the agents run them directly "
             "(use scripted/<policy> as a --subject/--personas/--orchestrator/--judge model, not with create_backend)"
         )
+    if provider == "human":
+        raise SceneSimError("'human' is a person at the terminal (scene-sim play), not a model backend")
     target = BACKENDS.get(provider)
     if target is None:
         raise SceneSimError(
@@ -106,7 +110,8 @@ def create_backend(
     Args:
         model: ``provider/model?opt=val`` or a parsed :class:`ModelSpec`.
         cache_mode: ``read-write`` (default), ``read-only`` or ``off``; ignored when ``cache`` is given.
-        cache: a response cache to share (default: a new one in ``cache_mode``).
+        cache: the response cache (default: the process-wide one for ``cache_mode``
+            in ``$SCENE_SIM_CACHE_DIR``, see :meth:`ResponseCache.shared`).
         accountant: the run's accountant (default: a private one).
         max_connections: concurrent requests per provider and base URL.
         rpm: requests per minute (None: unlimited).
@@ -123,9 +128,8 @@ def create_backend(
 
     """
     spec = model if isinstance(model, ModelSpec) else ModelSpec.parse(model)
-    owns_cache = cache is None
     if cache is None:
-        cache = ResponseCache(cache_mode)
+        cache = ResponseCache.shared(cache_mode)
     cls = backend_class(spec.provider)
     options: dict[str, Any] = dict(spec.options)
     managed: dict[str, Any] = {
@@ -141,7 +145,15 @@ def create_backend(
             try:
                 managed[name] = kind(value)
             except (TypeError, ValueError):
-                raise SceneSimError(f"model '{spec}': option {name}={value!r} must be a number") from None
+                raise SceneSimError(
+                    f"model '{spec.provider}/{spec.name}': option {name}={value!r} must be a number"
+                ) from None
+    secrets = sorted(k for k in options if k != "api_key_env" and any(w in k.lower() for w in _SECRET_WORDS))
+    if secrets:
+        raise SceneSimError(
+            f"model '{spec.provider}/{spec.name}': option {secrets[0]} looks like a credential; keys are read from "
+            "environment variables only (e.g. OPENAI_API_KEY, or api_key_env=NAME for OpenAI-compatible servers)"
+        )
     base_url = options.pop("base_url", None)
     if base_url is not None:
         base_url = str(base_url).strip() or None
@@ -150,8 +162,9 @@ def create_backend(
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             valid = sorted({"base_url", *MANAGED_OPTIONS, *allowed})
+            plural = "s" if len(unknown) > 1 else ""
             raise SceneSimError(
-                f"model '{spec}': unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
+                f"model '{spec.provider}/{spec.name}': unknown option{plural} {', '.join(unknown)}"
                 f"{suggest(unknown[0], valid)}; valid options for {spec.provider}: {', '.join(valid)}"
             )
     if _accepts(cls, "timeout_s") and "timeout_s" not in options:
@@ -161,6 +174,5 @@ def create_backend(
         backend,
         cache=cache,
         accountant=accountant,
-        owns_cache=owns_cache,
         **managed,
     )
