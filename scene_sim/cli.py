@@ -100,6 +100,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-turns", type=int, default=4)
     _add_cache(p)
 
+    p = sub.add_parser("sweep", help="run an experiment spec (TOML): many episodes, resumable, on budget")
+    p.add_argument("spec", help="experiment spec, e.g. experiments/offline_smoke.toml")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same spec")
+    p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+
+    p = sub.add_parser("generate", help="generate scenarios with the two-stage generator into a .jsonl (resumable)")
+    p.add_argument("--tuples", type=int, required=True, help="how many tuples to sample (coverage-greedy)")
+    p.add_argument("--reps", type=int, default=1, help="scenarios per tuple (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and request seed, part of every id (default 0)")
+    p.add_argument("--model", required=True, help="generator model string, e.g. google/gemini-3-flash-preview")
+    p.add_argument("--out", required=True, help="output .jsonl; scenarios already in it are skipped")
+    p.add_argument("--concurrency", type=int, default=16, help="scenarios generated at once (default 16)")
+    p.add_argument("--max-attempts", type=int, default=3, help="model calls per stage before giving up (default 3)")
+    _add_cache(p)
+
+    from scene_sim.play import add_play_arguments
+    from scene_sim.viewer import add_view_arguments
+
+    p = sub.add_parser("view", help="write a run's transcript viewer (one self-contained HTML file)")
+    add_view_arguments(p)
+
+    p = sub.add_parser("play", help="play the subject of an episode yourself (a human baseline)")
+    add_play_arguments(p)
+
     p = sub.add_parser("analyze", help="label unlabelled episodes and write episodes.csv, metrics.json and the report")
     p.add_argument("run_dir")
     p.add_argument(
@@ -117,7 +142,7 @@ def _taxonomy(args: argparse.Namespace) -> int:
     tax = load_taxonomy(args.dir)
     counts = tax.counts()
     if args.json:
-        print(json.dumps(counts))
+        print(json.dumps(counts, separators=(",", ":")))
     else:
         from scene_sim.display import print_summary
 
@@ -217,6 +242,61 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(
         out, model=args.model, scenario=args.scenario, seed=args.seed, max_turns=args.max_turns, cache_mode=args.cache
     )
+
+
+@_command("sweep")
+def _sweep(args: argparse.Namespace) -> int:
+    from scene_sim.spec import load_spec
+    from scene_sim.sweep import run_sweep
+
+    spec = load_spec(args.spec)
+    console = Console(stderr=True)
+    summary = asyncio.run(
+        run_sweep(spec, args.out, resume=args.resume, quiet=args.quiet, console=console, spec_path=args.spec)
+    )
+    console.print(
+        f"sweep '{spec.name}': {summary.already_done + summary.simulated}/{summary.planned} episodes done "
+        f"({summary.simulated} simulated now, {summary.judged} judged, {summary.errors} errors) "
+        f"in {summary.wall_time_s:.1f} s; run directory: {args.out}",
+        highlight=False,
+    )
+    if summary.budget_stopped:
+        console.print(f"stopped by the budget: {summary.not_started} episodes not started; --resume after raising it")
+    return 0
+
+
+@_command("generate")
+def _generate(args: argparse.Namespace) -> int:
+    from scene_sim.generate import generate_scenarios
+
+    summary = asyncio.run(
+        generate_scenarios(
+            args.out,
+            tuples=args.tuples,
+            reps=args.reps,
+            seed=args.seed,
+            model=args.model,
+            cache_mode=args.cache,
+            max_attempts=args.max_attempts,
+            concurrency=args.concurrency,
+        )
+    )
+    # non-zero only when nothing at all could be generated
+    return 0 if summary.written + summary.skipped_existing > 0 else 1
+
+
+@_command("view")
+def _view(args: argparse.Namespace) -> int:
+    from scene_sim.viewer import run_view
+
+    return run_view(args)
+
+
+@_command("play")
+def _play(args: argparse.Namespace) -> int:
+    from scene_sim.play import run_play
+
+    return run_play(args)
 
 
 @_command("analyze")

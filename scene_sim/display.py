@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["LABEL_STYLES", "print_summary", "print_transcript"]
+__all__ = ["LABEL_STYLES", "LiveTranscript", "print_summary", "print_transcript"]
 
 _PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_red")
 LABEL_STYLES = {
@@ -20,6 +20,72 @@ LABEL_STYLES = {
 }
 
 
+class LiveTranscript:
+    """Prints an episode's chat event by event (pass it as ``on_event``).
+
+    Args:
+        console: where to print (default: stdout).
+        labels: chat turn id -> judge label, shown as badges.
+        show_noops: show no-ops faintly.
+
+    """
+
+    def __init__(
+        self, console: Console | None = None, *, labels: Mapping[int, str] | None = None, show_noops: bool = True
+    ) -> None:
+        self.console = console or Console()
+        self.labels = labels or {}
+        self.show_noops = show_noops
+        self.subject = ""
+        self._colours: dict[str, str] = {}
+
+    def __call__(self, e: dict[str, Any]) -> None:
+        """Print what ``e`` adds to the chat (ticks, actions, the end)."""
+        kind = e["kind"]
+        if kind == "episode_start":
+            self.subject = e.get("subject", "")
+        elif kind == "turn_start":
+            self.console.rule(f"tick {e['turn']}", style="grey50")
+        elif kind == "action":
+            line = self._line(e)
+            if line is not None:
+                self.console.print(line)
+        elif kind == "episode_end":
+            extra = f": {e['error']}" if e.get("error") else ""
+            self.console.print(Text(f"episode ended: {e['reason']}{extra}", style="bold"))
+
+    def _line(self, e: dict[str, Any]) -> Text | None:
+        actor = e["actor"]
+        if actor not in self._colours:
+            self._colours[actor] = (
+                "bold white" if actor == self.subject else _PALETTE[len(self._colours) % len(_PALETTE)]
+            )
+        name = f"{actor}*" if actor == self.subject else actor
+        line = Text()
+        tid = e.get("turn_id")
+        line.append(f"[t{tid}] " if tid else "      ", style="grey50")
+        if e["action"] == "no-op":
+            if not self.show_noops:
+                return None
+            line.append(f"{name} (no-op)", style="grey42 italic")
+            if e.get("parse_failure"):
+                line.append(" parse failure", style="red italic")
+        elif e["action"] == "react":
+            line.append(name, style=self._colours[actor])
+            line.append(f" reacted {e['content']} to t{e.get('target_turn_id')}")
+        else:
+            line.append(name, style=self._colours[actor])
+            line.append(f": {e['content']}")
+        meta = e.get("meta") or {}
+        if meta.get("script") in ("opening", "precedent", "elicitor"):
+            line.append(f"  ({meta['script']})", style="grey50")
+        label = self.labels.get(tid) if tid else None
+        if label and label in LABEL_STYLES:
+            line.append("  ")
+            line.append(f" {label} ", style=LABEL_STYLES[label])
+        return line
+
+
 def print_transcript(
     events: list[dict[str, Any]],
     *,
@@ -27,7 +93,7 @@ def print_transcript(
     console: Console | None = None,
     show_noops: bool = True,
 ) -> None:
-    """Print an episode's chat from its event log.
+    """Print an episode's chat from its event log (``*`` marks the subject).
 
     Args:
         events: the episode's events.
@@ -36,46 +102,9 @@ def print_transcript(
         show_noops: show no-ops faintly.
 
     """
-    console = console or Console()
-    start = next((e for e in events if e["kind"] == "episode_start"), {})
-    subject = start.get("subject", "")
-    colours: dict[str, str] = {}
-    labels = labels or {}
-    tick = -1
+    live = LiveTranscript(console, labels=labels, show_noops=show_noops)
     for e in events:
-        if e["kind"] == "turn_start":
-            tick = e["turn"]
-            console.rule(f"tick {tick}", style="grey50")
-            continue
-        if e["kind"] != "action":
-            continue
-        actor = e["actor"]
-        if actor not in colours:
-            colours[actor] = "bold white" if actor == subject else _PALETTE[len(colours) % len(_PALETTE)]
-        name = f"{actor}*" if actor == subject else actor
-        line = Text()
-        tid = e.get("turn_id")
-        line.append(f"[t{tid}] " if tid else "      ", style="grey50")
-        if e["action"] == "no-op":
-            if not show_noops:
-                continue
-            line.append(f"{name} (no-op)", style="grey42 italic")
-            if e.get("parse_failure"):
-                line.append(" parse failure", style="red italic")
-        elif e["action"] == "react":
-            line.append(name, style=colours[actor])
-            line.append(f" reacted {e['content']} to t{e.get('target_turn_id')}")
-        else:
-            line.append(name, style=colours[actor])
-            line.append(f": {e['content']}")
-        meta = e.get("meta") or {}
-        if meta.get("script") in ("opening", "precedent", "elicitor"):
-            line.append(f"  ({meta['script']})", style="grey50")
-        label = labels.get(tid) if tid else None
-        if label and label in LABEL_STYLES:
-            line.append("  ")
-            line.append(f" {label} ", style=LABEL_STYLES[label])
-        console.print(line)
+        live(e)
 
 
 def print_summary(rows: list[tuple[str, Any]], *, title: str = "", console: Console | None = None) -> None:

@@ -131,6 +131,7 @@ class SceneModel(mesa.Model):
         context: RunContext | None = None,
         episode_id: str | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        agent_classes: dict[str, Callable[..., Any]] | None = None,
     ) -> None:
         super().__init__(seed=seed)
         if max_turns < 1:
@@ -150,6 +151,7 @@ class SceneModel(mesa.Model):
         self.context = context
         self.episode_id = episode_id or episode_id_for(self.scenario.id, subject, rep, seed)
         self.log = EventLog(on_event)
+        self._agent_classes = dict(agent_classes or {})
 
         sc = self.scenario
         event = self.taxonomy.events[sc.tuple.event]
@@ -200,6 +202,15 @@ class SceneModel(mesa.Model):
 
     def _make(self, base: type, role: str, model_string: str, name: str) -> Any:
         spec = ModelSpec.parse(model_string)
+        override = self._agent_classes.get(role)
+        if override is not None:
+            llm = None
+            if spec.provider not in ("scripted", "human"):
+                self.context = self.context or RunContext()
+                llm = self.context.backend(model_string)
+            return override(self, name, llm=llm, model_string=model_string)
+        if spec.provider == "human":
+            raise SceneSimError("a human subject plays through 'scene-sim play', not in a batch run")
         if spec.provider == "scripted":
             policy = spec.name or "scripted"
             cls = policy_class(role, policy)

@@ -110,7 +110,16 @@ class TurnLabeler:
         if intent == "precedent_breach":
             return TurnLabel(**base, label="BREACH", source="intent")
         if intent == "demonstration":
-            return TurnLabel(**base, label="DEMONSTRATION", source="intent")
+            # A demonstration must be observable (B.6): an in-register line that
+            # shows no sign of the norm is NONE, unless the norm leaves no
+            # observable trace at all (deadpan jokes), where the intent decides.
+            cues = self.taxonomy.norm(self.norm).cues
+            stance = self.cues.stance(self.norm, turn)
+            if stance == "breach":
+                return TurnLabel(**base, label="BREACH", source="intent")
+            if stance == "comply" or not cues.comply:
+                return TurnLabel(**base, label="DEMONSTRATION", source="intent")
+            return TurnLabel(**base, label="NONE", source="intent")
 
         # Sanction by cue: the turn answers an open breach by someone else.
         for offence in reversed(self._open):

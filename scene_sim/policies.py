@@ -225,11 +225,21 @@ class TemplateSubject(Subject):
 
 @register_policy("subject", "always-message")
 class AlwaysMessageSubject(TemplateSubject):
-    """Sends a message every time, in a register drawn at random: ignores all evidence."""
+    """Sends a message every time, in one register fixed for the episode: it never adapts.
+
+    The register (one pole of the pair) is drawn once, like a model's default
+    style; where that pole is reaction-only, its messages are necessarily in
+    the other pole's register. Whatever the group demonstrates or sanctions,
+    it carries on, so after a first breach every action is a breach.
+    """
+
+    def __init__(self, model: Any, name: str, **kwargs: Any) -> None:
+        super().__init__(model, name, **kwargs)
+        self.register = self.model.random.choice(self.pair)
 
     async def decide(self, view: SubjectView, system: str, messages: list[dict[str, str]]) -> Decision:
-        """A message in a randomly chosen pole's register."""
-        return self.act_in(self.model.random.choice(self.pair), view, kind="message")
+        """A message in the episode's fixed register."""
+        return self.act_in(self.register, view, kind="message")
 
 
 @register_policy("subject", "always-react")
@@ -286,8 +296,8 @@ class LearnerSubject(TemplateSubject):
     * a persona turn in one pole's register adds ``w_demo`` towards that pole;
     * a sanction of a turn (a corrective reaction, a callout, mocking, an
       ironic remark, a topic shift) moves ``w_sanction`` away from that
-      turn's pole, and its own turns left without any uptake while the chat
-      moves on count as a weaker sanction (``w_ignore``);
+      turn's pole; its own turn left without uptake while others' messages
+      get reactions counts as a weaker sanction (``w_ignore``);
     * an approving reaction on its own turn adds ``w_accept`` towards its pole.
 
     When it acts, it picks a pole with probability ``sigmoid(b)``
@@ -301,9 +311,11 @@ class LearnerSubject(TemplateSubject):
     """
 
     w_demo = 0.8
-    w_sanction = 2.5
+    w_sanction = 0.8
     w_ignore = 1.2
     w_accept = 0.4
+    w_absence = 0.25
+    beta = 1.0
     p_addressed = 0.95
     p_floor = 0.6
     p_act = 0.45
@@ -318,11 +330,16 @@ class LearnerSubject(TemplateSubject):
         self._sanctioned = False
         self._last_sign = 0
         self.cues = CueReader(model.taxonomy)
+        # A pole whose register leaves no observable trace (deadpan jokes look
+        # like any sentence) can only be inferred from the absence of the
+        # other pole's signature: plain messages then count, weakly, for it.
+        visible = [bool(p.cues.comply or other.cues.breach) for p, other in (self.pair, self.pair[::-1])]
+        self._silent_pole = 0 if all(visible) else (1 if not visible[0] else -1)
 
     @property
     def belief(self) -> float:
         """Probability that ``pair[0]`` is the group's norm."""
-        return 1.0 / (1.0 + math.exp(-self.log_odds))
+        return 1.0 / (1.0 + math.exp(-self.beta * self.log_odds))
 
     def _sign(self, turn: ChatTurn) -> int:
         if turn.turn_id in self._my_poles:
@@ -349,7 +366,11 @@ class LearnerSubject(TemplateSubject):
             ):
                 self.log_odds += self.w_accept * self._my_poles[turn.target_turn_id]
                 continue
-            self.log_odds += self.w_demo * self._sign(turn)
+            sign = self._sign(turn)
+            if sign == 0 and turn.kind == "message":
+                self.log_odds += self.w_absence * self._silent_pole
+            else:
+                self.log_odds += self.w_demo * sign
         self._read_silence(turns)
 
     def _read_sanction(self, turn: ChatTurn, history: list[ChatTurn]) -> bool:
@@ -370,16 +391,27 @@ class LearnerSubject(TemplateSubject):
         return False
 
     def _read_silence(self, turns: tuple[ChatTurn, ...]) -> None:
-        # Its own turn passed over while the chat moves on reads as a mild sanction.
+        # Its own turn passed over while the chat moves on reads as a mild
+        # sanction, but only by contrast: someone else's message in the same
+        # stretch got uptake (a reaction or a reply naming them). Silence in a
+        # group that answers nobody says nothing.
         for my_id, sign in self._my_poles.items():
             if my_id in self._silence_checked or my_id in self._sanction_seen:
                 continue
             later = [t for t in turns if t.turn_id > my_id]
-            uptake = any(t.target_turn_id == my_id or self.name.lower() in t.content.lower() for t in later)
-            if uptake:
+            if any(t.target_turn_id == my_id or self.name.lower() in t.content.lower() for t in later):
                 self._silence_checked.add(my_id)
-            elif sum(t.kind == "message" and t.actor != self.name for t in later) >= 2:
-                self._silence_checked.add(my_id)
+                continue
+            others = [t for t in later if t.kind == "message" and t.actor != self.name]
+            if len(others) < 2:
+                continue
+            self._silence_checked.add(my_id)
+            by_id = {t.turn_id: t for t in turns}
+            answered = any(
+                (t.kind == "react" and t.target_turn_id in by_id and by_id[t.target_turn_id].actor != self.name)
+                for t in later
+            )
+            if answered:
                 self.log_odds -= self.w_ignore * sign
                 self._sanctioned = True
 

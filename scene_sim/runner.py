@@ -41,6 +41,8 @@ async def run_episode(
     cache_mode: str = "read-write",
     analyze: bool = True,
     command: str = "run",
+    agent_classes: dict[str, Any] | None = None,
+    on_event: Any = None,
 ) -> RunOutcome:
     """Simulate one episode, write it to ``out`` and (optionally) judge and analyse it.
 
@@ -59,7 +61,8 @@ async def run_episode(
         cache_mode: response cache mode.
         analyze: run the judge and the statistics after the episode.
         command: recorded in ``run.json``.
-
+        agent_classes: per-role agent classes (see :class:`SceneModel`).
+        on_event: callback for each event as it happens (live display).
     """
     started = time.perf_counter()
     context = RunContext(cache_mode=cache_mode)
@@ -77,6 +80,8 @@ async def run_episode(
             min_post_sanction_turns=min_post_sanction_turns,
             scenarios=scenarios,
             context=context,
+            agent_classes=agent_classes,
+            on_event=on_event,
         )
         spec = {
             "scenario": model.scenario.id,

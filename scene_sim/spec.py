@@ -1,0 +1,175 @@
+"""Experiment specs (TOML) for ``scene-sim sweep``.
+
+A spec names the subjects, the models of the other roles, the scenario
+source, repetitions, turns, seeds, limits and a budget::
+
+    name = "offline_smoke"
+    subjects = ["scripted/learner", "scripted/always-message"]
+    personas = "scripted"
+    orchestrator = "scripted"
+    judge = "scripted"
+
+    [scenarios]
+    source = "bank"            # "bank", a .json/.jsonl/folder path, or "generate"
+    ids = []                   # optional subset of the source
+
+    [run]
+    reps = 2
+    max_turns = 8
+    seed = 0
+    concurrency = 64
+
+    [limits.anthropic]         # per provider or per model string
+    max_connections = 16
+    rpm = 500
+
+    [budget]
+    usd = 25.0
+
+Every problem is reported as one line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from scene_sim.context import CACHE_MODES
+from scene_sim.errors import SceneSimError
+from scene_sim.modelspec import ModelSpec
+
+__all__ = ["SweepSpec", "load_spec"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _model_string(value: str) -> str:
+    try:
+        ModelSpec.parse(value)
+    except SceneSimError as exc:
+        raise ValueError(str(exc)) from None  # pydantic then names the field
+    return value
+
+
+class ScenarioSource(_Strict):
+    """Where the episodes' scenarios come from."""
+
+    source: str = "bank"
+    ids: tuple[str, ...] = ()
+    #: for source = "generate": how many tuples, with which model and seed
+    tuples: int | None = Field(default=None, ge=1)
+    generator: str | None = None
+    generator_reps: int = Field(default=1, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _generate_needs(self) -> ScenarioSource:
+        if self.source == "generate":
+            if self.tuples is None or self.generator is None:
+                raise ValueError("source 'generate' needs 'tuples' and 'generator'")
+            _model_string(self.generator)
+        return self
+
+
+class RunSettings(_Strict):
+    """How each episode runs."""
+
+    reps: int = Field(default=1, ge=1)
+    max_turns: int = Field(default=8, ge=1, le=200)
+    seed: int = 0
+    concurrency: int = Field(default=32, ge=1, le=4096)
+    min_post_sanction_turns: int | None = Field(default=None, ge=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    cache: Literal["read-write", "read-only", "off"] = "read-write"
+    repair_window: int = Field(default=3, ge=0)
+
+
+class Budget(_Strict):
+    """Spend limit: no new episode starts once the projected spend would pass ``usd``."""
+
+    usd: float | None = Field(default=None, gt=0)
+
+
+class SweepSpec(_Strict):
+    """A parsed, validated experiment spec."""
+
+    name: str = "sweep"
+    description: str = ""
+    subjects: tuple[str, ...] = Field(min_length=1)
+    personas: str = "scripted"
+    orchestrator: str = "scripted"
+    judge: str | None = "scripted"
+    scenarios: ScenarioSource = ScenarioSource()
+    run: RunSettings = RunSettings()
+    limits: dict[str, dict[str, float | int]] = Field(default_factory=dict)
+    budget: Budget = Budget()
+
+    @field_validator("subjects")
+    @classmethod
+    def _subjects(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for s in v:
+            _model_string(s)
+        if len(set(v)) != len(v):
+            raise ValueError("subjects must be distinct")
+        return v
+
+    @field_validator("personas", "orchestrator")
+    @classmethod
+    def _roles(cls, v: str) -> str:
+        return _model_string(v)
+
+    @field_validator("judge")
+    @classmethod
+    def _judge(cls, v: str | None) -> str | None:
+        return None if v in (None, "", "none") else _model_string(v)
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, v: dict[str, dict[str, float | int]]) -> dict[str, dict[str, float | int]]:
+        allowed = {"max_connections", "rpm", "tpm", "timeout_s", "max_attempts"}
+        for key, opts in v.items():
+            unknown = set(opts) - allowed
+            if unknown:
+                raise ValueError(f"limits.{key}: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        return v
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes which episodes are planned or how they run."""
+        data = self.model_dump(mode="json", exclude={"description", "budget", "limits"})
+        data["run"].pop("concurrency", None)
+        data["run"].pop("cache", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a TOML spec.
+
+    Raises:
+        SceneSimError: one line naming the file and the field at fault.
+
+    """
+    p = Path(path)
+    try:
+        raw: dict[str, Any] = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SceneSimError(f"{p}: spec file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SceneSimError(f"{p}: invalid TOML: {exc}") from None
+    if raw.get("run", {}).get("cache", "read-write") not in CACHE_MODES:
+        raise SceneSimError(f"{p}: run.cache: must be one of {', '.join(CACHE_MODES)}")
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise SceneSimError(f"{p}: {loc + ': ' if loc else ''}{msg}") from None
+    except SceneSimError as exc:
+        raise SceneSimError(f"{p}: {exc}") from None

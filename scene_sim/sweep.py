@@ -1,0 +1,350 @@
+"""``scene-sim sweep``: many episodes, concurrently, crash-safe and on budget.
+
+Every planned episode has a deterministic id and seed derived from the spec,
+so a run can be resumed after a crash: ``--resume`` re-plans, skips every
+episode whose files are complete, judges episodes that were simulated but
+not labelled, and runs the rest. Files are written atomically, so a kill -9
+at any moment leaves whole files or none. Episodes run in one event loop,
+bounded by ``run.concurrency`` and, underneath, by each backend's limits;
+each episode is judged as soon as it ends, so judging overlaps with
+simulation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from scene_sim import __version__
+from scene_sim._catalog import scenario_source
+from scene_sim.context import RunContext
+from scene_sim.errors import SceneSimError
+from scene_sim.model import SceneModel, episode_id_for
+from scene_sim.rundir import RunDir, package_versions
+from scene_sim.scenario import ScenarioBank
+from scene_sim.spec import SweepSpec
+
+__all__ = ["PlannedEpisode", "SweepSummary", "plan_episodes", "run_sweep"]
+
+Labeler = Callable[[list[dict[str, Any]], str, RunContext], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class PlannedEpisode:
+    """One episode of the plan."""
+
+    episode_id: str
+    scenario_id: str
+    subject: str
+    rep: int
+    seed: int
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep did."""
+
+    planned: int
+    already_done: int = 0
+    simulated: int = 0
+    judged: int = 0
+    errors: int = 0
+    judge_failures: int = 0
+    budget_stopped: bool = False
+    not_started: int = 0
+    wall_time_s: float = 0.0
+    end_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _episode_seed(base: int, scenario_id: str, rep: int) -> int:
+    # The same seed for every subject on a scenario/rep: subjects meet the same draw.
+    digest = hashlib.sha256(f"{base}:{scenario_id}:{rep}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31 - 1)
+
+
+def plan_episodes(spec: SweepSpec, bank: ScenarioBank) -> list[PlannedEpisode]:
+    """Every episode the spec asks for, in a deterministic order."""
+    ids = list(spec.scenarios.ids) or list(bank.ids)
+    for sid in ids:
+        bank.get(sid)  # unknown ids fail here, with suggestions
+    out = []
+    for rep in range(spec.run.reps):
+        for sid in ids:
+            seed = _episode_seed(spec.run.seed, sid, rep)
+            for subject in spec.subjects:
+                out.append(PlannedEpisode(episode_id_for(sid, subject, rep, seed), sid, subject, rep, seed))
+    return out
+
+
+async def _default_labeler(events: list[dict[str, Any]], judge: str, context: RunContext) -> dict[str, Any]:
+    from scene_sim.analysis import judge_episode
+
+    return await judge_episode(events, judge=judge, context=context)
+
+
+class _Progress:
+    """A rich progress bar with calls, tokens, cost and errors, or quiet log lines."""
+
+    def __init__(self, total: int, done: int, *, quiet: bool, console: Console) -> None:
+        self.quiet = quiet
+        self.console = console
+        self.total = total
+        self.done = done
+        self._bar: Progress | None = None
+        self._task: Any = None
+        self._last_line = 0.0
+
+    def __enter__(self) -> _Progress:
+        if not self.quiet:
+            self._bar = Progress(
+                TextColumn("[bold]episodes"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task("sweep", total=self.total, completed=self.done, stats="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+    def update(self, done: int, stats: str) -> None:
+        self.done = done
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, stats=stats)
+        elif time.monotonic() - self._last_line > 10 or done == self.total:
+            self._last_line = time.monotonic()
+            self.console.print(f"[sweep] {done}/{self.total} episodes  {stats}", highlight=False)
+
+
+def _stats_line(context: RunContext, summary: SweepSummary) -> str:
+    acc = context.accounting()
+    totals = acc.get("totals", {}) if isinstance(acc, dict) else {}
+    calls = totals.get("calls", 0)
+    tokens = (totals.get("input_tokens", 0) or 0) + (totals.get("output_tokens", 0) or 0)
+    cost = totals.get("cost_usd")
+    cost_txt = f"${cost:.2f}" if isinstance(cost, int | float) else "$?"
+    return f"calls {calls}  tokens {tokens:,}  cost {cost_txt}  errors {summary.errors + summary.judge_failures}"
+
+
+def _spent(context: RunContext) -> float:
+    acc = context.accounting()
+    totals = acc.get("totals", {}) if isinstance(acc, dict) else {}
+    cost = totals.get("cost_usd")
+    return float(cost) if isinstance(cost, int | float) else 0.0
+
+
+async def run_sweep(
+    spec: SweepSpec,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    console: Console | None = None,
+    labeler: Labeler | None = None,
+    analyze: bool = True,
+    spec_path: str | None = None,
+) -> SweepSummary:
+    """Run (or resume) a sweep into ``out``.
+
+    Args:
+        spec: the validated spec.
+        out: the run directory.
+        resume: continue a run directory whose spec matches.
+        quiet: log lines instead of a progress bar.
+        console: where to print.
+        labeler: judge function (default: :func:`scene_sim.analysis.judge_episode`).
+        analyze: write episodes.csv, metrics.json and the report at the end.
+        spec_path: recorded in run.json.
+
+    Raises:
+        SceneSimError: existing run without ``--resume``, or a changed spec on resume.
+
+    """
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    run_dir = RunDir(out)
+    fingerprint = spec.fingerprint()
+    previous = run_dir.read_run()
+    if previous and not resume:
+        raise SceneSimError(f"{run_dir.path} already holds a run; pass --resume to continue it or choose a new --out")
+    if resume and previous and previous.get("fingerprint") != fingerprint:
+        raise SceneSimError(
+            f"{run_dir.path}: the spec changed since this run started (fingerprint {previous.get('fingerprint')} "
+            f"!= {fingerprint}); resume with the original spec or start a new run directory"
+        )
+    run_dir.clean_temporaries()
+
+    context = RunContext(cache_mode=spec.run.cache, limits=spec.limits)
+    try:
+        bank = await _scenarios(spec, run_dir, context, console, quiet=quiet)
+        plan = plan_episodes(spec, bank)
+        record: dict[str, Any] = {
+            "scene_sim": __version__,
+            "command": "sweep",
+            "spec_path": spec_path,
+            "spec": spec.model_dump(mode="json"),
+            "fingerprint": fingerprint,
+            "created": previous.get("created") or datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": package_versions(),
+            "planned": len(plan),
+            "sessions": previous.get("sessions", []),
+        }
+        run_dir.write_run({**record, "status": "running"})
+
+        have_episode = set(run_dir.episode_ids())
+        have_labels = set(run_dir.labelled_ids())
+        judge = spec.judge
+        todo: list[tuple[PlannedEpisode, bool]] = []  # (episode, needs simulation)
+        summary = SweepSummary(planned=len(plan))
+        for ep in plan:
+            simulated = ep.episode_id in have_episode
+            labelled = judge is None or ep.episode_id in have_labels
+            if simulated and labelled:
+                summary.already_done += 1
+            else:
+                todo.append((ep, not simulated))
+        label_fn = labeler or _default_labeler
+        running = 0
+        finished_cost_episodes = 0
+        semaphore = asyncio.Semaphore(spec.run.concurrency)
+        budget = spec.budget.usd
+
+        async def one(ep: PlannedEpisode, simulate: bool) -> None:
+            nonlocal running, finished_cost_episodes
+            try:
+                if simulate:
+                    model = SceneModel(
+                        scenario=bank.get(ep.scenario_id),
+                        subject=ep.subject,
+                        personas=spec.personas,
+                        orchestrator=spec.orchestrator,
+                        judge=judge,
+                        max_turns=spec.run.max_turns,
+                        seed=ep.seed,
+                        rep=ep.rep,
+                        min_post_sanction_turns=spec.run.min_post_sanction_turns,
+                        temperature=spec.run.temperature,
+                        context=context,
+                        episode_id=ep.episode_id,
+                    )
+                    result = await model.arun()
+                    events = result.events
+                    del model
+                    run_dir.write_episode(ep.episode_id, events)
+                    summary.simulated += 1
+                    summary.end_reasons[result.end_reason] = summary.end_reasons.get(result.end_reason, 0) + 1
+                    if result.end_reason == "error":
+                        summary.errors += 1
+                else:
+                    from scene_sim.events import iter_event_dicts
+
+                    events = list(iter_event_dicts(run_dir.episode_path(ep.episode_id)))
+                if judge is not None:
+                    try:
+                        labels = await label_fn(events, judge, context)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # a judge fault leaves the episode unlabelled, the sweep goes on
+                        summary.judge_failures += 1
+                        console.print(f"[yellow]judge failed on {ep.episode_id}: {str(exc).splitlines()[0]}[/]")
+                    else:
+                        run_dir.write_labels(ep.episode_id, labels)
+                        summary.judged += 1
+            finally:
+                running -= 1
+                finished_cost_episodes += 1
+                semaphore.release()
+
+        tasks: list[asyncio.Task[None]] = []
+        with _Progress(len(plan), summary.already_done, quiet=quiet, console=console) as progress:
+            for ep, simulate in todo:
+                await semaphore.acquire()
+                if budget is not None and simulate:
+                    spent = _spent(context)
+                    per_episode = spent / finished_cost_episodes if finished_cost_episodes else 0.0
+                    if spent + per_episode * (running + 1) > budget:
+                        semaphore.release()
+                        summary.budget_stopped = True
+                        summary.not_started = sum(1 for _, sim in todo[len(tasks) :] if sim)
+                        console.print(
+                            f"[bold yellow]budget: ${spent:.2f} spent, ${per_episode:.3f}/episode projected; "
+                            f"not starting {summary.not_started} more episodes (budget ${budget:.2f}); "
+                            "running episodes finish[/]"
+                        )
+                        break
+                running += 1
+                task = asyncio.create_task(one(ep, simulate))
+                task.add_done_callback(lambda _t: progress.update(progress.done + 1, _stats_line(context, summary)))
+                tasks.append(task)
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        crashed = [r for r in results if isinstance(r, BaseException)]
+        if crashed:
+            summary.errors += len(crashed)
+            console.print(f"[red]{len(crashed)} episodes failed unexpectedly: {crashed[0]!r}[/]")
+        summary.wall_time_s = round(time.perf_counter() - started, 3)
+
+        session = {
+            "started": datetime.fromtimestamp(time.time() - summary.wall_time_s, UTC).isoformat(timespec="seconds"),
+            "wall_time_s": summary.wall_time_s,
+            "simulated": summary.simulated,
+            "judged": summary.judged,
+            "errors": summary.errors,
+            "budget_stopped": summary.budget_stopped,
+            "accounting": context.accounting(),
+        }
+        record["sessions"] = [*record["sessions"], session]
+        complete = not summary.budget_stopped and summary.already_done + summary.simulated >= len(plan)
+        run_dir.write_run(
+            {**record, "status": "complete" if complete else "incomplete", "accounting": context.accounting()}
+        )
+        if analyze and run_dir.labelled_ids():
+            from scene_sim.analysis import analyze_run
+
+            await analyze_run(run_dir, judge=None, context=None, repair_window=spec.run.repair_window)
+        return summary
+    finally:
+        await context.aclose()
+
+
+async def _scenarios(
+    spec: SweepSpec, run_dir: RunDir, context: RunContext, console: Console, *, quiet: bool
+) -> ScenarioBank:
+    src = spec.scenarios
+    if src.source == "bank":
+        return scenario_source(None)
+    if src.source == "generate":
+        from scene_sim.generate import generate_scenarios
+
+        path = run_dir.path / "scenarios.jsonl"
+        await generate_scenarios(
+            path,
+            tuples=src.tuples or 1,
+            reps=src.generator_reps,
+            seed=src.seed,
+            model=src.generator or "",
+            cache_mode=spec.run.cache,
+            context=context,
+            progress=not quiet,
+        )
+        return scenario_source(path)
+    path = Path(src.source)
+    if not path.exists():
+        raise SceneSimError(f"scenarios.source: '{src.source}' is not 'bank', 'generate' or an existing path")
+    return scenario_source(path)
