@@ -45,6 +45,24 @@ class RunContext:
             self._accountant = Accountant()
         return self._accountant
 
+    def add(self, model: str, backend: Any, **limits: Any) -> Any:
+        """Serve ``model`` with your own :class:`~scene_sim.backends.Backend` instance.
+
+        It is wrapped in the same managed layer (cache, limits, retries,
+        accounting) as the built-in providers. Returns the managed backend.
+        """
+        from scene_sim.backends import ManagedBackend, ResponseCache
+
+        managed = ManagedBackend(
+            backend, cache=ResponseCache.shared(self.cache_mode), accountant=self.accountant, **limits
+        )
+        self._backends[model] = managed
+        return managed
+
+    def has(self, model: str) -> bool:
+        """Whether a backend for ``model`` exists already (built-in or added)."""
+        return model in self._backends
+
     def backend(self, model: str) -> Any:
         """The managed backend for ``model`` (a non-scripted model string)."""
         if model not in self._backends:

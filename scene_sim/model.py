@@ -145,10 +145,10 @@ class SceneModel(mesa.Model):
         self.min_post_sanction_turns = min_post_sanction_turns
         self.temperature = temperature
         self.models = {"subject": subject, "personas": personas, "orchestrator": orchestrator, "judge": judge}
-        for value in self.models.values():
-            if value is not None:
-                ModelSpec.parse(value)
         self.context = context
+        for value in self.models.values():
+            if value is not None and not (context is not None and context.has(value)):
+                ModelSpec.parse(value)
         self.episode_id = episode_id or episode_id_for(self.scenario.id, subject, rep, seed)
         self.log = EventLog(on_event)
         self._agent_classes = dict(agent_classes or {})
@@ -201,6 +201,8 @@ class SceneModel(mesa.Model):
         return scenario_source(source).get(text)
 
     def _make(self, base: type, role: str, model_string: str, name: str) -> Any:
+        if self.context is not None and self.context.has(model_string):
+            return base(self, name, llm=self.context.backend(model_string), model_string=model_string)
         spec = ModelSpec.parse(model_string)
         override = self._agent_classes.get(role)
         if override is not None:
@@ -260,40 +262,18 @@ class SceneModel(mesa.Model):
         """
         if log_prompt:
             self.emit_prompt(actor, reason, system, messages)
+        from scene_sim.backends import model_call_fields
+
         try:
             response: GenerateResponse = await actor.llm.generate(request)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a provider fault must end this episode, never the sweep
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            self.log.emit(
-                "model_call",
-                self.steps,
-                actor=actor.name,
-                model=actor.model_string,
-                input_tokens=0,
-                output_tokens=0,
-                cached_tokens=0,
-                latency_s=0.0,
-                attempts=getattr(exc, "attempts", 1),
-                cache_hit=False,
-                error=message,
-            )
-            raise EpisodeError(f"{actor.model_string}: {message}") from exc
-        self.log.emit(
-            "model_call",
-            self.steps,
-            actor=actor.name,
-            model=actor.model_string,
-            input_tokens=response.usage.input_tokens,
-            output_tokens=response.usage.output_tokens,
-            cached_tokens=response.usage.cached_tokens,
-            latency_s=round(response.latency_s, 4),
-            attempts=response.attempts,
-            cache_hit=response.cache_hit,
-            error=None,
-            retries=list(response.retries),
-        )
+            fields = model_call_fields(exc, actor.model_string)
+            self.log.emit("model_call", self.steps, actor=actor.name, **fields)
+            raise EpisodeError(f"{actor.model_string}: {fields['error']}") from None
+        fields = model_call_fields(response, actor.model_string)
+        self.log.emit("model_call", self.steps, actor=actor.name, **fields, retries=list(response.retries))
         return response
 
     # -- running ---------------------------------------------------------------------
