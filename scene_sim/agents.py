@@ -42,6 +42,7 @@ __all__ = [
     "Decision",
     "Orchestrator",
     "OrchestratorView",
+    "PersonaCast",
     "PersonaView",
     "RoutingDecision",
     "ScriptedPersona",
@@ -521,3 +522,157 @@ class Orchestrator(mesa.Agent):
         # Personas the model left out still get their chance this tick, after the others.
         clean += [n for n in roster if n not in clean]
         return RoutingDecision(tuple(clean), terminate=bool(data.get("terminate", False)), parse_failure=not order)
+
+
+class PersonaCast:
+    """Decides the next actions of several personas in one model call.
+
+    Used when a model plays the personas and the episode runs with
+    ``persona_calls="joint"``. The personas remain the episode's agents;
+    only the call is shared. Given the personas still to act this tick, in
+    order, the model returns their actions up to and including the first one
+    who sends a message or reacts; the subject is then prompted as usual and
+    the rest of the order gets a fresh call. This keeps the runtime rules of
+    the per-persona protocol with fewer calls.
+
+    Args:
+        model: the episode.
+        llm: the managed backend playing the personas.
+        model_string: its model string.
+    """
+
+    role: ClassVar[str] = "persona"
+    name = "cast"
+
+    def __init__(self, model: SceneModel, *, llm: Any, model_string: str) -> None:
+        self.model = model
+        self.llm = llm
+        self.model_string = model_string
+
+    def render(self, names: Sequence[str]) -> tuple[str, list[dict[str, str]]]:
+        """Fill ``agents/cast.md`` for the personas ``names`` acting now (the system part covers all)."""
+        m = self.model
+        sc: Scenario = m.scenario
+        norm = m.taxonomy.norm(sc.tuple.norm)
+        sanction = m.taxonomy.sanctions[sc.tuple.sanction]
+        subject = sc.scaffold.subject
+        members = []
+        for c in sc.scaffold.channel.cast:
+            h = sc.persona(c.name)
+            lines = [f"## {c.name} ({c.bio_oneline})", f"Outline: {h.outline}"]
+            if h.in_register_lines:
+                lines.append(
+                    "Might say: " + "; ".join(x.replace("{subject}", subject.name) for x in h.in_register_lines)
+                )
+            if h.sanction_lines:
+                lines.append(
+                    "Sanction script (only after a breach): "
+                    + "; ".join(x.replace("{subject}", subject.name) for x in h.sanction_lines)
+                )
+            if h.precedent_lines_or_null:
+                lines.append("Precedent sub-script: " + "; ".join(h.precedent_lines_or_null))
+            members.append("\n".join(lines))
+        system, user = load_template("cast").render(
+            names=", ".join(c.name for c in sc.scaffold.channel.cast),
+            channel=sc.scaffold.channel.description,
+            cast=_cast_lines(sc.scaffold.channel.cast, [(subject.name, subject.bio_oneline)]),
+            norm=norm.norm_text,
+            sanction=sanction.id,
+            sanction_description=sanction.description,
+            members="\n\n".join(members),
+            actions=_actions(m.world.reactions_enabled),
+            transcript=render_transcript(m.world.turns),
+            order=", ".join(names),
+        )
+        return system, [{"role": "user", "content": user}]
+
+    def _schema(self, names: Sequence[str]) -> dict[str, Any]:
+        item = {
+            "type": "object",
+            "properties": {
+                "actor": {"type": "string", "enum": list(names)},
+                "action": {"type": "string", "enum": ["message", "react", "no-op"]},
+                "content": {"type": "string"},
+                "target_turn_id": {"type": ["integer", "null"]},
+                "sanction": {"type": "boolean"},
+            },
+            "required": ["actor", "action", "content", "target_turn_id", "sanction"],
+            "additionalProperties": False,
+        }
+        return {
+            "type": "object",
+            "properties": {"actions": {"type": "array", "items": item}},
+            "required": ["actions"],
+            "additionalProperties": False,
+        }
+
+    async def decide(
+        self, names: Sequence[str], system: str, messages: list[dict[str, str]]
+    ) -> list[tuple[str, Decision]]:
+        """Decisions for a prefix of ``names``, ending at the first non-silent one (or covering all)."""
+        from scene_sim.actions import extract_json
+
+        convo = list(messages)
+        for attempt in range(MAX_REQUERIES + 1):
+            response = await self.model.call_llm(
+                self,
+                GenerateRequest(
+                    messages=tuple(convo),
+                    system=system,
+                    schema=self._schema(names),
+                    schema_name="cast_actions",
+                    max_tokens=600,
+                    temperature=self.model.temperature,
+                    seed=self.model.call_seed(),
+                    replicate=self.model.rep,
+                    role=self.role,
+                ),
+                reason="turn" if attempt == 0 else "requery",
+                messages=convo,
+                system=system,
+                log_prompt=attempt > 0,
+            )
+            data = response.parsed
+            if not isinstance(data, dict):
+                try:
+                    data = extract_json(response.text)
+                except ValueError:
+                    data = None
+            entries = data.get("actions") if isinstance(data, dict) else None
+            decisions, problem = self._read(names, entries)
+            if problem is None:
+                return decisions
+            convo = [
+                *convo,
+                {"role": "assistant", "content": response.text or ""},
+                {"role": "user", "content": f"That was not valid ({problem}). Reply with the JSON object only."},
+            ]
+        return [(names[0], Decision(NoOp(), parse_failure=True)), *((n, Decision(NoOp())) for n in names[1:])]
+
+    def _read(self, names: Sequence[str], entries: Any) -> tuple[list[tuple[str, Decision]], str | None]:
+        if not isinstance(entries, list):
+            return [], "'actions' must be a list"
+        by_name: dict[str, Mapping[str, Any]] = {}
+        for e in entries:
+            if isinstance(e, dict) and isinstance(e.get("actor"), str):
+                key = e["actor"].strip().lower()
+                by_name.setdefault(key, e)
+        out: list[tuple[str, Decision]] = []
+        for name in names:
+            entry = by_name.get(name.lower())
+            if entry is None:
+                out.append((name, Decision(NoOp())))
+                continue
+            parsed = parse_action(dict(entry))
+            problem = parsed.error
+            if parsed.action is not None and problem is None:
+                problem = self.model.world.validate(name, parsed.action)
+            if problem is not None or parsed.action is None:
+                return [], f"{name}: {problem}"
+            meta = (
+                MappingProxyType({"intent": "sanction", "claimed": True}) if entry.get("sanction") is True else _NO_META
+            )
+            out.append((name, Decision(parsed.action, meta)))
+            if not isinstance(parsed.action, NoOp):
+                break
+        return out, None

@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         help="end once a sanction was enacted and the subject had N more opportunities",
     )
     p.add_argument("--scenarios", help="scenario source to look the id up in (default: the shipped bank)")
+    p.add_argument(
+        "--persona-calls",
+        default="each",
+        choices=("each", "joint"),
+        help="one model call per persona prompt (each, as in SCENE) or one per group of personas (joint)",
+    )
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--quiet", action="store_true", help="do not print the transcript")
     _add_cache(p)
@@ -210,6 +216,7 @@ def _run(args: argparse.Namespace) -> int:
             min_post_sanction_turns=args.post_sanction,
             scenarios=args.scenarios,
             cache_mode=args.cache,
+            persona_calls=args.persona_calls,
         )
     )
     console = Console()

@@ -40,7 +40,7 @@ import mesa
 from scene_sim import __version__
 from scene_sim._catalog import scenario_source, taxonomy_at
 from scene_sim.actions import Message, NoOp, React
-from scene_sim.agents import ChatAgent, Decision, Orchestrator, ScriptedPersona, Subject
+from scene_sim.agents import ChatAgent, Decision, Orchestrator, PersonaCast, ScriptedPersona, Subject
 from scene_sim.backends.base import GenerateRequest, GenerateResponse
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
@@ -132,8 +132,11 @@ class SceneModel(mesa.Model):
         episode_id: str | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         agent_classes: dict[str, Callable[..., Any]] | None = None,
+        persona_calls: str = "each",
     ) -> None:
         super().__init__(seed=seed)
+        if persona_calls not in ("each", "joint"):
+            raise SceneSimError(f"persona_calls must be 'each' or 'joint', got '{persona_calls}'")
         if max_turns < 1:
             raise SceneSimError(f"max_turns must be at least 1, got {max_turns}")
         self.taxonomy = taxonomy if isinstance(taxonomy, Taxonomy) else taxonomy_at(str(taxonomy) if taxonomy else None)
@@ -165,6 +168,12 @@ class SceneModel(mesa.Model):
             name: self._make(ScriptedPersona, "persona", personas, name) for name in cast
         }
         self.subject: Subject = self._make(Subject, "subject", subject, self.subject_name)
+        self.persona_calls = persona_calls
+        self.cast: PersonaCast | None = None
+        first = next(iter(self.personas.values()))
+        llm = getattr(first, "llm", None)
+        if persona_calls == "joint" and llm is not None and not llm.capabilities.scores_choices:
+            self.cast = PersonaCast(self, llm=llm, model_string=first.model_string)
 
         self.end_reason: str | None = None
         self.error: str | None = None
@@ -445,6 +454,32 @@ class SceneModel(mesa.Model):
         agent.on_posted(turn, decision)
         return turn
 
+    async def _prompt_cast(self, names: list[str]) -> list[tuple[str, ChatTurn | None]]:
+        """One joint call for the personas ``names``; posts their actions up to the first non-silent one."""
+        assert self.cast is not None
+        system, messages = self.cast.render(names)
+        self.log.emit(
+            "prompt",
+            self.steps,
+            actor=self.cast.name,
+            actors=list(names),
+            role="persona",
+            reason="turn",
+            messages=[{"role": "system", "content": system}, *messages],
+        )
+        out: list[tuple[str, ChatTurn | None]] = []
+        for name, decision in await self.cast.decide(names, system, messages):
+            problem = None if isinstance(decision.action, NoOp) else self.world.validate(name, decision.action)
+            if problem is not None:
+                decision = Decision(NoOp(), {"invalid": problem}, parse_failure=True)
+            turn = self.world.post(name, decision.action, tick=self.steps, meta=decision.meta)
+            self._log_action(name, decision, turn, tick=self.steps)
+            self.personas[name].on_posted(turn, decision)
+            out.append((name, turn))
+            if turn is not None:
+                break
+        return out
+
     async def _play_tick(self) -> None:
         tick = self.steps
         self.log.emit("turn_start", tick)
@@ -466,8 +501,14 @@ class SceneModel(mesa.Model):
             self._post_scripted(el.actor, Message(el.content), {"intent": "scaffold", "script": "elicitor"}, tick=1)
             acted = True
             await self._prompt(self.subject, "after_action")
-        for name in routing.order:
-            turn = await self._prompt(self.personas[name], "turn")
+        order = list(routing.order)
+        while order:
+            if self.cast is not None:
+                segment = await self._prompt_cast(order)
+            else:
+                segment = [(order[0], await self._prompt(self.personas[order[0]], "turn"))]
+            order = order[len(segment) :]
+            turn = segment[-1][1]
             if turn is None:
                 continue
             acted = True

@@ -43,6 +43,7 @@ async def run_episode(
     command: str = "run",
     agent_classes: dict[str, Any] | None = None,
     on_event: Any = None,
+    persona_calls: str = "each",
 ) -> RunOutcome:
     """Simulate one episode, write it to ``out`` and (optionally) judge and analyse it.
 
@@ -63,6 +64,7 @@ async def run_episode(
         command: recorded in ``run.json``.
         agent_classes: per-role agent classes (see :class:`SceneModel`).
         on_event: callback for each event as it happens (live display).
+        persona_calls: ``each`` or ``joint`` (see :class:`SceneModel`).
     """
     started = time.perf_counter()
     context = RunContext(cache_mode=cache_mode)
@@ -82,6 +84,7 @@ async def run_episode(
             context=context,
             agent_classes=agent_classes,
             on_event=on_event,
+            persona_calls=persona_calls,
         )
         spec = {
             "scenario": model.scenario.id,
@@ -92,6 +95,7 @@ async def run_episode(
             "max_turns": max_turns,
             "min_post_sanction_turns": min_post_sanction_turns,
             "cache": cache_mode,
+            "persona_calls": persona_calls,
         }
         result = await model.arun()
         run_dir.write_episode(result.episode_id, result.events)

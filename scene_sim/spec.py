@@ -89,6 +89,9 @@ class RunSettings(_Strict):
     temperature: float | None = Field(default=None, ge=0, le=2)
     cache: Literal["read-write", "read-only", "off"] = "read-write"
     repair_window: int = Field(default=3, ge=0)
+    #: "each": one model call per persona prompt (SCENE); "joint": one call for
+    #: the personas still to act in a tick, up to the first who acts
+    persona_calls: Literal["each", "joint"] = "each"
 
 
 class Budget(_Strict):

@@ -243,6 +243,7 @@ async def run_sweep(
                         temperature=spec.run.temperature,
                         context=context,
                         episode_id=ep.episode_id,
+                        persona_calls=spec.run.persona_calls,
                     )
                     result = await model.arun()
                     events = result.events

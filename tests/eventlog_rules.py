@@ -51,7 +51,8 @@ def check_episode(events: list[dict[str, Any]], *, personas: set[str], subject: 
     for i, e in enumerate(acts):
         if e["kind"] == "prompt" and e["role"] in ("persona", "subject") and e["reason"] != "requery":
             nxt = next((a for a in acts[i + 1 :] if a["kind"] == "action" or a.get("reason") != "requery"), None)
-            if nxt is None or nxt["kind"] != "action" or nxt["actor"] != e["actor"]:
+            allowed = set(e.get("actors") or [e["actor"]])  # a joint persona call answers for several
+            if nxt is None or nxt["kind"] != "action" or nxt["actor"] not in allowed:
                 bad.append(f"prompt seq {e['seq']} for {e['actor']} is not answered by its action")
 
     # after every non-silent persona action in a tick, the subject is prompted (after_action) before anyone else acts

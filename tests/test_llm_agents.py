@@ -159,3 +159,45 @@ def test_local_style_backends_choose_from_closed_sets(bank):
     assert not any(e["parse_failure"] for e in actions)
     assert {e["action"] for e in actions} >= {"message", "no-op"}
     assert all(e["content"] == "ok then, see you at 7" for e in actions if e["action"] == "message")
+
+
+class CastModel(Backend):
+    """Plays the whole cast: in each joint request the second listed member speaks; subjects pass."""
+
+    provider = "test"
+
+    def __init__(self) -> None:
+        super().__init__("cast")
+        self.requests: list[GenerateRequest] = []
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        self.requests.append(request)
+        if request.schema_name == "cast_actions":
+            names = request.schema["properties"]["actions"]["items"]["properties"]["actor"]["enum"]
+            acts = [{"actor": n, "action": "no-op", "content": "", "target_turn_id": None, "sanction": False} for n in names]
+            if len(names) > 1:
+                acts[1] = {**acts[1], "action": "message", "content": f"{names[1]} here"}
+            return GenerateResponse(json.dumps({"actions": acts}))
+        return GenerateResponse(json.dumps({"action": "no-op", "content": "", "target_turn_id": None}))
+
+
+def test_joint_persona_calls_keep_the_rules_with_fewer_calls(bank):
+    sc = next(iter(bank))
+    counts = {}
+    for mode in ("each", "joint"):
+        ctx = RunContext(cache_mode="off")
+        backend = CastModel()
+        ctx.add("test/cast", backend)
+        m = SceneModel(scenario=sc, subject="test/cast", personas="test/cast", orchestrator="scripted",
+                       context=ctx, seed=4, max_turns=4, persona_calls=mode)
+        asyncio.run(m.arun())
+        personas = {c.name for c in sc.scaffold.channel.cast}
+        assert check_episode(m.log.events, personas=personas, subject=sc.scaffold.subject.name, max_turns=4) == []
+        counts[mode] = sum(e["kind"] == "model_call" for e in m.log.events)
+        if mode == "joint":
+            joint = [e for e in m.log.events if e["kind"] == "prompt" and e["actor"] == "cast"]
+            assert joint and all(e["actors"] for e in joint)
+            spoke = [e for e in m.log.events if e["kind"] == "action" and e["actor"] in personas
+                     and e["action"] == "message" and not e["meta"].get("script")]
+            assert spoke and all(e["content"] == f"{e['actor']} here" for e in spoke)
+    assert counts["joint"] < counts["each"]
