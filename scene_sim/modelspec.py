@@ -5,7 +5,8 @@ OpenAI-compatible server through ``base_url``), ``hf/<hub-id-or-path>``,
 ``local`` (the embedded SmolLM2), ``scripted/<policy>`` (offline
 policies) and ``fake/<name>`` (a schema-valid stand-in with configurable
 latency, for tests and benchmarks) and ``human`` (a person at the terminal,
-``scene-sim play``). Options after ``?`` are passed to the provider, e.g.
+``scene-sim play``) and ``custom/<name>`` (a backend of your own, added with
+:meth:`scene_sim.context.RunContext.add`). Options after ``?`` are passed to the provider, e.g.
 ``openai/llama3?base_url=http://localhost:8000/v1`` or
 ``hf/Qwen/Qwen2.5-0.5B-Instruct?adapter=./lora``.
 """
@@ -21,7 +22,7 @@ from scene_sim.errors import SceneSimError, suggest
 __all__ = ["PROVIDERS", "ModelSpec"]
 
 #: Every provider prefix a model string may use.
-PROVIDERS = ("anthropic", "google", "openai", "hf", "local", "scripted", "fake", "human")
+PROVIDERS = ("anthropic", "google", "openai", "hf", "local", "scripted", "fake", "human", "custom")
 
 
 def _coerce(value: str) -> Any:

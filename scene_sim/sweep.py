@@ -135,19 +135,19 @@ class _Progress:
 
 def _stats_line(context: RunContext, summary: SweepSummary) -> str:
     acc = context.accounting()
-    totals = acc.get("totals", {}) if isinstance(acc, dict) else {}
-    calls = totals.get("calls", 0)
-    tokens = (totals.get("input_tokens", 0) or 0) + (totals.get("output_tokens", 0) or 0)
-    cost = totals.get("cost_usd")
-    cost_txt = f"${cost:.2f}" if isinstance(cost, int | float) else "$?"
-    return f"calls {calls}  tokens {tokens:,}  cost {cost_txt}  errors {summary.errors + summary.judge_failures}"
+    total = acc.get("total", {}) if acc else {}
+    calls = total.get("calls", 0)
+    tokens = (total.get("input_tokens") or 0) + (total.get("output_tokens") or 0)
+    cost = total.get("cost_usd")
+    cost_txt = f"${cost:.2f}" if isinstance(cost, int | float) else "$-"
+    return f"calls {calls:,}  tokens {tokens:,}  cost {cost_txt}  errors {summary.errors + summary.judge_failures}"
 
 
 def _spent(context: RunContext) -> float:
-    acc = context.accounting()
-    totals = acc.get("totals", {}) if isinstance(acc, dict) else {}
-    cost = totals.get("cost_usd")
-    return float(cost) if isinstance(cost, int | float) else 0.0
+    if context.accounting() == {}:
+        return 0.0
+    cost = context.accountant.total_cost()
+    return float(cost) if cost is not None else 0.0
 
 
 async def run_sweep(
@@ -160,6 +160,7 @@ async def run_sweep(
     labeler: Labeler | None = None,
     analyze: bool = True,
     spec_path: str | None = None,
+    context: RunContext | None = None,
 ) -> SweepSummary:
     """Run (or resume) a sweep into ``out``.
 
@@ -172,6 +173,8 @@ async def run_sweep(
         labeler: judge function (default: :func:`scene_sim.analysis.judge_episode`).
         analyze: write episodes.csv, metrics.json and the report at the end.
         spec_path: recorded in run.json.
+        context: backends to use (default: a new context from the spec's cache mode and limits;
+            pass one to serve model strings with your own backends via ``RunContext.add``).
 
     Raises:
         SceneSimError: existing run without ``--resume``, or a changed spec on resume.
@@ -191,7 +194,8 @@ async def run_sweep(
         )
     run_dir.clean_temporaries()
 
-    context = RunContext(cache_mode=spec.run.cache, limits=spec.limits)
+    own_context = context is None
+    context = context or RunContext(cache_mode=spec.run.cache, limits=spec.limits)
     try:
         bank = await _scenarios(spec, run_dir, context, console, quiet=quiet)
         plan = plan_episodes(spec, bank)
@@ -321,7 +325,8 @@ async def run_sweep(
             await analyze_run(run_dir, judge=None, context=None, repair_window=spec.run.repair_window)
         return summary
     finally:
-        await context.aclose()
+        if own_context:
+            await context.aclose()
 
 
 async def _scenarios(

@@ -1,0 +1,78 @@
+"""A simulated language model for benchmarks: fixed latency, plausible chat behaviour.
+
+It answers the framework's requests the way a model would, but from a seeded
+hash of the prompt: personas speak now and then, subjects answer about half
+the time, the orchestrator keeps the roster order, the judge and the auditor
+return schema-valid labels. No network, no model: only the framework's own
+cost is measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+from typing import Any
+
+from scene_sim.backends import Backend, GenerateRequest, GenerateResponse, Usage
+from scene_sim.backends.fake import instance_of
+
+LINES = ["sounds good", "on it, will report back in a bit", "did anyone check the logs?", "same here", "lol yes"]
+
+
+def _u(text: str, salt: str) -> float:
+    digest = hashlib.sha256((salt + text).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class SimModel(Backend):
+    """Simulated model with ``latency_s`` per call (asyncio.sleep: never blocks the loop)."""
+
+    provider = "custom"
+
+    def __init__(self, latency_s: float = 0.1, persona_rate: float = 0.3, subject_rate: float = 0.5) -> None:
+        super().__init__("sim")
+        self.latency_s = latency_s
+        self.persona_rate = persona_rate
+        self.subject_rate = subject_rate
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        prompt = (request.system or "") + "".join(m["content"] for m in request.messages)
+        text, parsed = self._answer(request, prompt)
+        usage = Usage(math.ceil(len(prompt) / 4), math.ceil(len(text) / 4))
+        return GenerateResponse(text, parsed=parsed, usage=usage, model="custom/sim")
+
+    def _answer(self, request: GenerateRequest, prompt: str) -> tuple[str, Any]:
+        name = request.schema_name
+        if name == "routing":
+            order = request.schema["properties"]["order"]["items"]["enum"]
+            obj: Any = {"order": list(order), "terminate": False}
+        elif name == "cast_actions":
+            names = request.schema["properties"]["actions"]["items"]["properties"]["actor"]["enum"]
+            acts = []
+            for n in names:
+                speak = _u(prompt, n) < self.persona_rate
+                acts.append({"actor": n, "action": "message" if speak else "no-op",
+                             "content": LINES[int(_u(prompt, n + "l") * len(LINES))] if speak else "",
+                             "target_turn_id": None, "sanction": False})
+                if speak:
+                    break
+            obj = {"actions": acts}
+        elif name == "chat_action":
+            rate = self.persona_rate if request.role == "persona" else self.subject_rate
+            speak = _u(prompt, "a") < rate
+            obj = {"action": "message" if speak else "no-op",
+                   "content": LINES[int(_u(prompt, "l") * len(LINES))] if speak else "",
+                   "target_turn_id": None}
+            if request.role == "persona":
+                obj["sanction"] = False
+        elif request.choices:
+            return request.choices[0], None
+        elif request.schema is not None:
+            obj = instance_of(request.schema)
+        else:
+            return "ok", None
+        return json.dumps(obj), obj

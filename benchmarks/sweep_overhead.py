@@ -1,0 +1,73 @@
+"""Framework overhead of a sweep (issue: sweeps benchmark a).
+
+A simulated model with a fixed 100 ms latency behind a 64-connection limit
+serves every role; with enough episodes in flight the ideal throughput is
+64 / 0.1 = 640 calls/s. The figure of merit is achieved calls/s divided by
+that ideal (target >= 0.95).
+
+    python benchmarks/sweep_overhead.py --episodes 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _sim import SimModel  # noqa: E402
+
+from scene_sim.context import RunContext  # noqa: E402
+from scene_sim.events import iter_event_dicts  # noqa: E402
+from scene_sim.rundir import RunDir  # noqa: E402
+from scene_sim.spec import SweepSpec  # noqa: E402
+from scene_sim.sweep import run_sweep  # noqa: E402
+
+
+async def main(episodes: int, connections: int, latency: float, concurrency: int, persona_calls: str) -> dict:
+    reps = max(1, round(episodes / 34))
+    spec = SweepSpec.model_validate(
+        {
+            "name": "overhead",
+            "subjects": ["custom/sim"],
+            "personas": "custom/sim",
+            "orchestrator": "custom/sim",
+            "judge": None,
+            "run": {"reps": reps, "max_turns": 8, "concurrency": concurrency, "cache": "off",
+                    "persona_calls": persona_calls},
+        }
+    )
+    ctx = RunContext(cache_mode="off")
+    ctx.add("custom/sim", SimModel(latency_s=latency), max_connections=connections)
+    out = Path(tempfile.mkdtemp(prefix="scene-sim-overhead-"))
+    t0 = time.perf_counter()
+    summary = await run_sweep(spec, out, quiet=True, analyze=False, context=ctx)
+    wall = time.perf_counter() - t0
+    await ctx.aclose()
+    run = RunDir(out)
+    calls = sum(1 for eid in run.episode_ids() for e in iter_event_dicts(run.episode_path(eid)) if e["kind"] == "model_call")
+    ideal = connections / latency
+    return {
+        "episodes": summary.simulated,
+        "calls": calls,
+        "wall_s": round(wall, 2),
+        "calls_per_s": round(calls / wall, 1),
+        "ideal_calls_per_s": ideal,
+        "efficiency": round(calls / wall / ideal, 3),
+        "run_dir": str(out),
+    }
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--episodes", type=int, default=2000)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--latency", type=float, default=0.1)
+    ap.add_argument("--concurrency", type=int, default=256, help="episodes in flight")
+    ap.add_argument("--persona-calls", default="each", choices=("each", "joint"))
+    a = ap.parse_args()
+    print(json.dumps(asyncio.run(main(a.episodes, a.connections, a.latency, a.concurrency, a.persona_calls)), indent=2))
