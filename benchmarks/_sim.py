@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import math
+import re
 from typing import Any
 
 from scene_sim.backends import Backend, GenerateRequest, GenerateResponse, Usage
@@ -21,13 +22,21 @@ from scene_sim.backends.fake import instance_of
 LINES = ["sounds good", "on it, will report back in a bit", "did anyone check the logs?", "same here", "lol yes"]
 
 
+_NAME = re.compile(r"You play the role of (.+?) in a multi-party")
+
+
 def _u(text: str, salt: str) -> float:
     digest = hashlib.sha256((salt + text).encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
 class SimModel(Backend):
-    """Simulated model with ``latency_s`` per call (asyncio.sleep: never blocks the loop)."""
+    """Simulated model with ``latency_s`` per call (asyncio.sleep: never blocks the loop).
+
+    Whether a persona speaks depends only on its name and the chat so far (not
+    on the prompt's wording), so the per-persona and the joint protocols play
+    out the same episode and differ only in how many calls they make.
+    """
 
     provider = "custom"
 
@@ -45,6 +54,14 @@ class SimModel(Backend):
         usage = Usage(math.ceil(len(prompt) / 4), math.ceil(len(text) / 4))
         return GenerateResponse(text, parsed=parsed, usage=usage, model="custom/sim")
 
+    @staticmethod
+    def _speaks(who: str, prompt: str, rate: float) -> tuple[bool, str]:
+        # keyed on the actor and the chat so far (its last turn id), not on the wording
+        last = prompt.rsplit("[t", 1)[-1].split("]", 1)[0] if "[t" in prompt else "0"
+        key = f"{who}:{last}"
+        speak = _u(key, "speak") < rate
+        return speak, LINES[int(_u(key, "line") * len(LINES))] if speak else ""
+
     def _answer(self, request: GenerateRequest, prompt: str) -> tuple[str, Any]:
         name = request.schema_name
         if name == "routing":
@@ -54,19 +71,26 @@ class SimModel(Backend):
             names = request.schema["properties"]["actions"]["items"]["properties"]["actor"]["enum"]
             acts = []
             for n in names:
-                speak = _u(prompt, n) < self.persona_rate
-                acts.append({"actor": n, "action": "message" if speak else "no-op",
-                             "content": LINES[int(_u(prompt, n + "l") * len(LINES))] if speak else "",
-                             "target_turn_id": None, "sanction": False})
+                speak, line = self._speaks(n, prompt, self.persona_rate)
+                acts.append(
+                    {
+                        "actor": n,
+                        "action": "message" if speak else "no-op",
+                        "content": line,
+                        "target_turn_id": None,
+                        "sanction": False,
+                    }
+                )
                 if speak:
                     break
             obj = {"actions": acts}
         elif name == "chat_action":
-            rate = self.persona_rate if request.role == "persona" else self.subject_rate
-            speak = _u(prompt, "a") < rate
-            obj = {"action": "message" if speak else "no-op",
-                   "content": LINES[int(_u(prompt, "l") * len(LINES))] if speak else "",
-                   "target_turn_id": None}
+            if request.role == "persona":
+                match = _NAME.search(request.system or "")
+                speak, line = self._speaks(match.group(1) if match else "?", prompt, self.persona_rate)
+            else:
+                speak, line = self._speaks("subject", prompt, self.subject_rate)
+            obj = {"action": "message" if speak else "no-op", "content": line, "target_turn_id": None}
             if request.role == "persona":
                 obj["sanction"] = False
         elif request.choices:

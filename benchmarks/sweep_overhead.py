@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _sim import SimModel  # noqa: E402
+from _sim import SimModel
 
-from scene_sim.context import RunContext  # noqa: E402
-from scene_sim.events import iter_event_dicts  # noqa: E402
-from scene_sim.rundir import RunDir  # noqa: E402
-from scene_sim.spec import SweepSpec  # noqa: E402
-from scene_sim.sweep import run_sweep  # noqa: E402
+from scene_sim.context import RunContext
+from scene_sim.events import iter_event_dicts
+from scene_sim.rundir import RunDir
+from scene_sim.spec import SweepSpec
+from scene_sim.sweep import run_sweep
 
 
 async def main(episodes: int, connections: int, latency: float, concurrency: int, persona_calls: str) -> dict:
@@ -37,8 +37,13 @@ async def main(episodes: int, connections: int, latency: float, concurrency: int
             "personas": "custom/sim",
             "orchestrator": "custom/sim",
             "judge": None,
-            "run": {"reps": reps, "max_turns": 8, "concurrency": concurrency, "cache": "off",
-                    "persona_calls": persona_calls},
+            "run": {
+                "reps": reps,
+                "max_turns": 8,
+                "concurrency": concurrency,
+                "cache": "off",
+                "persona_calls": persona_calls,
+            },
         }
     )
     ctx = RunContext(cache_mode="off")
@@ -49,7 +54,9 @@ async def main(episodes: int, connections: int, latency: float, concurrency: int
     wall = time.perf_counter() - t0
     await ctx.aclose()
     run = RunDir(out)
-    calls = sum(1 for eid in run.episode_ids() for e in iter_event_dicts(run.episode_path(eid)) if e["kind"] == "model_call")
+    calls = sum(
+        1 for eid in run.episode_ids() for e in iter_event_dicts(run.episode_path(eid)) if e["kind"] == "model_call"
+    )
     ideal = connections / latency
     return {
         "episodes": summary.simulated,

@@ -19,6 +19,7 @@ Writing your own agent::
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -132,6 +133,26 @@ class OrchestratorView:
     min_post_sanction_turns: int | None
 
 
+class _IdCounters(weakref.WeakKeyDictionary):  # type: ignore[type-arg]
+    """Per-model unique-id counters that let finished models be collected.
+
+    ``mesa.Agent`` keeps its counters in a class-level dict keyed by model,
+    which holds every model a process ever built; a sweep of thousands of
+    episodes would keep them all. Our agent classes shadow that attribute
+    with weak keys (same numbering: 1, 2, 3... per model).
+    """
+
+    def __getitem__(self, model: object) -> itertools.count[int]:
+        try:
+            return super().__getitem__(model)
+        except KeyError:
+            counter = itertools.count(1)
+            self[model] = counter
+            return counter
+
+
+_AGENT_IDS = _IdCounters()  # shared by every role, so unique ids never collide within a model
+
 _CUES = {
     "after_action": "It is your turn: send a message, react to a message, or do nothing.",
     "floor_open": "Nobody else has said anything this round; the floor is open. Send a message, react, or do nothing.",
@@ -161,6 +182,7 @@ class ChatAgent(mesa.Agent):
     """
 
     role: ClassVar[str] = "agent"
+    _ids = _AGENT_IDS
 
     def __init__(self, model: SceneModel, name: str, *, llm: Any = None, model_string: str = "") -> None:
         super().__init__(model)
@@ -413,6 +435,7 @@ class Orchestrator(mesa.Agent):
     """
 
     role: ClassVar[str] = "orchestrator"
+    _ids = _AGENT_IDS
 
     def __init__(
         self, model: SceneModel, name: str = "orchestrator", *, llm: Any = None, model_string: str = ""

@@ -252,7 +252,8 @@ async def run_sweep(
                     result = await model.arun()
                     events = result.events
                     del model
-                    run_dir.write_episode(ep.episode_id, events)
+                    # serialising and fsync-ing a log takes milliseconds: keep it off the event loop
+                    await asyncio.to_thread(run_dir.write_episode, ep.episode_id, events)
                     summary.simulated += 1
                     summary.end_reasons[result.end_reason] = summary.end_reasons.get(result.end_reason, 0) + 1
                     if result.end_reason == "error":
@@ -260,7 +261,8 @@ async def run_sweep(
                 else:
                     from scene_sim.events import iter_event_dicts
 
-                    events = list(iter_event_dicts(run_dir.episode_path(ep.episode_id)))
+                    path = run_dir.episode_path(ep.episode_id)
+                    events = await asyncio.to_thread(lambda: list(iter_event_dicts(path)))
                 if judge is not None:
                     try:
                         labels = await label_fn(events, judge, context)
@@ -270,7 +272,7 @@ async def run_sweep(
                         summary.judge_failures += 1
                         console.print(f"[yellow]judge failed on {ep.episode_id}: {str(exc).splitlines()[0]}[/]")
                     else:
-                        run_dir.write_labels(ep.episode_id, labels)
+                        await asyncio.to_thread(run_dir.write_labels, ep.episode_id, labels)
                         summary.judged += 1
             finally:
                 running -= 1

@@ -201,3 +201,18 @@ def test_event_log_roundtrips_as_json(bank):
     m = _run(scenario=next(iter(bank)), subject="scripted/random", seed=5)
     lines = m.log.to_jsonl().splitlines()
     assert [json.loads(x) for x in lines] == m.log.events
+
+
+def test_finished_models_are_freed_and_agent_ids_are_unique(bank):
+    import gc
+
+    sc = next(iter(bank))
+    m = _run(scenario=sc, subject="scripted/learner", seed=1)
+    ids = [a.unique_id for a in m.agents]
+    assert len(ids) == len(set(ids)) == 1 + len(sc.scaffold.channel.cast) + 1
+    import weakref
+
+    ref = weakref.ref(m)
+    del m
+    gc.collect()
+    assert ref() is None  # nothing (mesa's per-model id counters included) keeps an episode alive
