@@ -145,8 +145,14 @@ class PlannedScenario:
         return scenario_id(self.tuple, seed=self.seed, rep=self.rep)
 
 
-def plan_scenarios(taxonomy: Taxonomy, tuples: int, *, reps: int = 1, seed: int = 0) -> list[PlannedScenario]:
-    """The scenarios a run generates: ``reps`` per tuple of :func:`sample_tuples`, in sampling order.
+def plan_scenarios(
+    taxonomy: Taxonomy, tuples: int | Sequence[SceneTuple], *, reps: int = 1, seed: int = 0
+) -> list[PlannedScenario]:
+    """The scenarios a run generates: ``reps`` per tuple, in sampling order.
+
+    ``tuples`` is a count for :func:`sample_tuples`, or the tuples themselves
+    (a grid from an experiment spec); given tuples are checked against the
+    applicability filter.
 
     Same arguments, same plan. The sampler is greedy, so a larger ``tuples``
     extends a smaller plan (its first scenarios are the smaller plan's).
@@ -157,7 +163,15 @@ def plan_scenarios(taxonomy: Taxonomy, tuples: int, *, reps: int = 1, seed: int 
     """
     if reps < 1:
         raise SceneSimError(f"--reps must be at least 1, got {reps}")
-    plan = [PlannedScenario(t, rep, seed) for t in sample_tuples(taxonomy, tuples, seed) for rep in range(reps)]
+    if isinstance(tuples, int):
+        chosen = sample_tuples(taxonomy, tuples, seed)
+    else:
+        chosen = list(tuples)
+        if not chosen:
+            raise SceneSimError("no tuples to generate")
+        for t in chosen:
+            taxonomy.check_tuple(t)
+    plan = [PlannedScenario(t, rep, seed) for t in chosen for rep in range(reps)]
     longest = max(plan, key=lambda p: len(p.id))
     if len(longest.id) > _ID_MAX:
         raise SceneSimError(
@@ -1082,7 +1096,7 @@ def _first_error(exc: BaseException) -> BaseException:
 async def generate_scenarios(
     out: str | Path,
     *,
-    tuples: int,
+    tuples: int | Sequence[SceneTuple],
     reps: int = 1,
     seed: int = 0,
     model: str,
@@ -1103,7 +1117,7 @@ async def generate_scenarios(
 
     Args:
         out: the output file (``.jsonl``; created with its folder).
-        tuples: how many tuples to sample.
+        tuples: how many tuples to sample, or the tuples themselves.
         reps: scenarios per tuple.
         seed: sampler seed, also the requests' seed and part of every id.
         model: the generator's model string.

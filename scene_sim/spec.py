@@ -32,16 +32,18 @@ Every problem is reported as one line naming the file and the field.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scene_sim.context import CACHE_MODES
-from scene_sim.errors import SceneSimError
+from scene_sim.errors import SceneSimError, suggest
 from scene_sim.modelspec import ModelSpec
+from scene_sim.taxonomy import SceneTuple, Taxonomy
 
 __all__ = ["SweepSpec", "load_spec"]
 
@@ -58,13 +60,18 @@ def _model_string(value: str) -> str:
     return value
 
 
+ModelString = Annotated[str, AfterValidator(_model_string)]
+
+
 class ScenarioSource(_Strict):
     """Where the episodes' scenarios come from."""
 
     source: str = "bank"
     ids: tuple[str, ...] = ()
-    #: for source = "generate": how many tuples, with which model and seed
+    #: for source = "generate": how many tuples to sample, or a grid of axis
+    #: values whose valid combinations are generated (``"*"`` = every value)
     tuples: int | None = Field(default=None, ge=1)
+    grid: dict[str, str | list[str | int]] | None = None
     generator: str | None = None
     generator_reps: int = Field(default=1, ge=1)
     seed: int = 0
@@ -72,10 +79,37 @@ class ScenarioSource(_Strict):
     @model_validator(mode="after")
     def _generate_needs(self) -> ScenarioSource:
         if self.source == "generate":
-            if self.tuples is None or self.generator is None:
-                raise ValueError("source 'generate' needs 'tuples' and 'generator'")
+            if (self.tuples is None) == (self.grid is None) or self.generator is None:
+                raise ValueError("source 'generate' needs 'generator' and either 'tuples' or 'grid'")
             _model_string(self.generator)
+        if self.grid is not None:
+            unknown = set(self.grid) - {"event", "norm", "elicitor", "sanction", "precedent"}
+            if unknown:
+                raise ValueError(f"grid: unknown axis {sorted(unknown)}; axes: event, norm, elicitor, sanction, precedent")
         return self
+
+    def grid_tuples(self, taxonomy: Taxonomy) -> list[SceneTuple]:
+        """The valid tuples of the grid, in a stable order (unknown values fail with a hint)."""
+        grid = self.grid or {}
+        axes = ("event", "norm", "elicitor", "sanction", "precedent")
+        chosen: dict[str, list[Any]] = {}
+        for axis in axes:
+            values = list(taxonomy.axis_values(axis))
+            want = grid.get(axis, "*")
+            if want == "*":
+                chosen[axis] = values
+                continue
+            picked = [want] if isinstance(want, str | int) else list(want)
+            for v in picked:
+                if v not in values:
+                    raise SceneSimError(f"scenarios.grid.{axis}: unknown value {v!r}{suggest(str(v), map(str, values))}")
+            chosen[axis] = picked
+        valid = set(taxonomy.valid_tuples)
+        out = [SceneTuple(*combo) for combo in itertools.product(*(chosen[a] for a in axes))]
+        out = [t for t in out if t in valid]
+        if not out:
+            raise SceneSimError("scenarios.grid: no valid tuple in the grid (check the axes' applies_to)")
+        return out
 
 
 class RunSettings(_Strict):
@@ -105,9 +139,9 @@ class SweepSpec(_Strict):
 
     name: str = "sweep"
     description: str = ""
-    subjects: tuple[str, ...] = Field(min_length=1)
-    personas: str = "scripted"
-    orchestrator: str = "scripted"
+    subjects: tuple[ModelString, ...] = Field(min_length=1)
+    personas: ModelString = "scripted"
+    orchestrator: ModelString = "scripted"
     judge: str | None = "scripted"
     scenarios: ScenarioSource = ScenarioSource()
     run: RunSettings = RunSettings()
@@ -117,16 +151,9 @@ class SweepSpec(_Strict):
     @field_validator("subjects")
     @classmethod
     def _subjects(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for s in v:
-            _model_string(s)
         if len(set(v)) != len(v):
             raise ValueError("subjects must be distinct")
         return v
-
-    @field_validator("personas", "orchestrator")
-    @classmethod
-    def _roles(cls, v: str) -> str:
-        return _model_string(v)
 
     @field_validator("judge")
     @classmethod

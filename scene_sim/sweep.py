@@ -341,9 +341,11 @@ async def _scenarios(
         from scene_sim.generate import generate_scenarios
 
         path = run_dir.path / "scenarios.jsonl"
+        from scene_sim._catalog import taxonomy_at
+
         await generate_scenarios(
             path,
-            tuples=src.tuples or 1,
+            tuples=src.grid_tuples(taxonomy_at(None)) if src.grid is not None else (src.tuples or 1),
             reps=src.generator_reps,
             seed=src.seed,
             model=src.generator or "",
