@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import mesa
 
 from scene_sim.actions import ACTION_SCHEMA, Action, Message, NoOp, React, parse_action
-from scene_sim.backends.base import GenerateRequest
 from scene_sim.prompts import load_template
 from scene_sim.scenario import CastMember, HiddenPersona, Scenario
 from scene_sim.taxonomy import Norm, Sanction
@@ -216,21 +215,13 @@ class ChatAgent(mesa.Agent):
         for attempt in range(MAX_REQUERIES + 1):
             response = await self.model.call_llm(
                 self,
-                GenerateRequest(
-                    messages=tuple(convo),
-                    system=system,
-                    schema=self._schema(),
-                    schema_name="chat_action",
-                    max_tokens=400,
-                    temperature=self.model.temperature,
-                    seed=self.model.call_seed(),
-                    replicate=self.model.rep,
-                    role=self.role,
-                ),
+                system,
+                convo,
                 reason="turn" if attempt == 0 else "requery",
-                messages=convo,
-                system=system,
                 log_prompt=attempt > 0,
+                schema=self._schema(),
+                schema_name="chat_action",
+                max_tokens=400,
             )
             raw = response.parsed if response.parsed is not None else response.text
             parsed = parse_action(raw)
@@ -271,20 +262,11 @@ class ChatAgent(mesa.Agent):
         convo = [*messages, {"role": "assistant", "content": prefill}]
         response = await self.model.call_llm(
             self,
-            GenerateRequest(
-                messages=tuple(convo),
-                system=system,
-                max_tokens=60,
-                stop=('"', "\n"),
-                temperature=self.model.temperature,
-                seed=self.model.call_seed(),
-                replicate=self.model.rep,
-                role=self.role,
-            ),
+            system,
+            convo,
             reason="content",
-            messages=convo,
-            system=system,
-            log_prompt=False,
+            max_tokens=60,
+            stop=('"', "\n"),
         )
         text = response.text.split('"')[0].strip()
         if not text:
@@ -294,19 +276,11 @@ class ChatAgent(mesa.Agent):
     async def _choose(self, system: str, messages: list[dict[str, str]], options: tuple[str, ...]) -> str:
         response = await self.model.call_llm(
             self,
-            GenerateRequest(
-                messages=tuple(messages),
-                system=system,
-                choices=options,
-                max_tokens=32,
-                seed=self.model.call_seed(),
-                replicate=self.model.rep,
-                role=self.role,
-            ),
+            system,
+            list(messages),
             reason="choice",
-            messages=list(messages),
-            system=system,
-            log_prompt=False,
+            choices=options,
+            max_tokens=32,
         )
         return response.text if response.text in options else options[-1]
 
@@ -483,19 +457,11 @@ class Orchestrator(mesa.Agent):
             options = tuple('{"order": [' + ", ".join(f'"{n}"' for n in p) + "]" for p in perms)
             response = await self.model.call_llm(
                 self,
-                GenerateRequest(
-                    messages=tuple(messages),
-                    system=system,
-                    choices=options,
-                    max_tokens=64,
-                    seed=self.model.call_seed(),
-                    replicate=self.model.rep,
-                    role=self.role,
-                ),
+                system,
+                messages,
                 reason="choice",
-                messages=messages,
-                system=system,
-                log_prompt=False,
+                choices=options,
+                max_tokens=64,
             )
             if response.text in options:
                 return RoutingDecision(perms[options.index(response.text)])
@@ -511,21 +477,12 @@ class Orchestrator(mesa.Agent):
         }
         response = await self.model.call_llm(
             self,
-            GenerateRequest(
-                messages=tuple(messages),
-                system=system,
-                schema=schema,
-                schema_name=ORDER_SCHEMA_NAME,
-                max_tokens=200,
-                temperature=self.model.temperature,
-                seed=self.model.call_seed(),
-                replicate=self.model.rep,
-                role=self.role,
-            ),
+            system,
+            messages,
             reason="turn",
-            messages=messages,
-            system=system,
-            log_prompt=False,
+            schema=schema,
+            schema_name=ORDER_SCHEMA_NAME,
+            max_tokens=200,
         )
         data = response.parsed if isinstance(response.parsed, dict) else None
         if data is None:
@@ -639,21 +596,13 @@ class PersonaCast:
         for attempt in range(MAX_REQUERIES + 1):
             response = await self.model.call_llm(
                 self,
-                GenerateRequest(
-                    messages=tuple(convo),
-                    system=system,
-                    schema=self._schema(names),
-                    schema_name="cast_actions",
-                    max_tokens=600,
-                    temperature=self.model.temperature,
-                    seed=self.model.call_seed(),
-                    replicate=self.model.rep,
-                    role=self.role,
-                ),
+                system,
+                convo,
                 reason="turn" if attempt == 0 else "requery",
-                messages=convo,
-                system=system,
                 log_prompt=attempt > 0,
+                schema=self._schema(names),
+                schema_name="cast_actions",
+                max_tokens=600,
             )
             data = response.parsed
             if not isinstance(data, dict):

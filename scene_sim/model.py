@@ -41,6 +41,7 @@ from scene_sim import __version__
 from scene_sim._catalog import scenario_source, taxonomy_at
 from scene_sim.actions import Message, NoOp, React
 from scene_sim.agents import ChatAgent, Decision, Orchestrator, PersonaCast, ScriptedPersona, Subject
+from scene_sim.backends import model_call_fields
 from scene_sim.backends.base import GenerateRequest, GenerateResponse
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
@@ -255,26 +256,36 @@ class SceneModel(mesa.Model):
 
     async def call_llm(
         self,
-        actor: ChatAgent | Orchestrator,
-        request: GenerateRequest,
+        actor: ChatAgent | Orchestrator | PersonaCast,
+        system: str,
+        messages: list[dict[str, str]],
         *,
         reason: str,
-        messages: list[dict[str, str]],
-        system: str,
-        log_prompt: bool,
+        log_prompt: bool = False,
+        **request: Any,
     ) -> GenerateResponse:
-        """Call ``actor``'s backend, logging the prompt (optionally) and a ``model_call`` event.
+        """Ask ``actor``'s backend, logging a ``model_call`` event (and the prompt, if ``log_prompt``).
+
+        ``request`` holds the :class:`GenerateRequest` fields of this call
+        (schema, choices, max_tokens, stop, ...); the seed, the repetition,
+        the role and the episode's temperature are filled in here.
 
         Raises:
             EpisodeError: when the backend fails for good (the episode ends with ``error``).
-
         """
         if log_prompt:
             self.emit_prompt(actor, reason, system, messages)
-        from scene_sim.backends import model_call_fields
-
+        request.setdefault("temperature", self.temperature)
+        sent = GenerateRequest(
+            messages=tuple(messages),
+            system=system,
+            seed=self.call_seed(),
+            replicate=self.rep,
+            role=actor.role,
+            **request,
+        )
         try:
-            response: GenerateResponse = await actor.llm.generate(request)
+            response: GenerateResponse = await actor.llm.generate(sent)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a provider fault must end this episode, never the sweep
