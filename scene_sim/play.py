@@ -51,7 +51,6 @@ from rich.text import Text
 
 from scene_sim.actions import MAX_MESSAGE_CHARS, Action, Message, NoOp, React
 from scene_sim.agents import Decision, Subject, SubjectView
-from scene_sim.errors import SceneSimError
 from scene_sim.world import ChatTurn
 
 if TYPE_CHECKING:
@@ -529,25 +528,11 @@ def run_play(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, as every other user error
-        raise SceneSimError(f"{self.prog}: {message}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m scene_sim.play --scenario ID [--out DIR] ...`` (same options as ``scene-sim play``)."""
-    parser = _Parser(prog="scene-sim play", description="Play the subject of a SCENE episode yourself.")
-    add_play_arguments(parser)
-    try:
-        return run_play(parser.parse_args(argv))
-    except SceneSimError as exc:
-        if os.environ.get("SCENE_SIM_DEBUG") == "1":
-            raise
-        print(f"scene-sim: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nscene-sim: interrupted", file=sys.stderr)
-        return 130
+    """``python -m scene_sim.play --scenario ID [--out DIR] ...``: the same as ``scene-sim play``."""
+    from scene_sim.cli import main as cli_main
+
+    return cli_main(["play", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

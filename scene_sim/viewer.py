@@ -497,15 +497,10 @@ def run_view(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m scene_sim.viewer RUN_DIR [--out FILE] [--open]``."""
-    parser = argparse.ArgumentParser(prog="scene-sim view", description="Write a run's transcript viewer (HTML).")
-    add_view_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_view(args)
-    except SceneSimError as exc:
-        print(f"scene-sim: error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m scene_sim.viewer RUN_DIR [--out FILE] [--open]``: the same as ``scene-sim view``."""
+    from scene_sim.cli import main as cli_main
+
+    return cli_main(["view", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
