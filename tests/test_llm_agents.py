@@ -34,7 +34,9 @@ class ChattyModel(Backend):
             return GenerateResponse(json.dumps({"order": order[::-1], "terminate": False}), usage=Usage(100, 10))
         if self.calls % 3 == 0:
             return GenerateResponse("I think I'd say hi!", usage=Usage(100, 5))  # not JSON: re-queried
-        text = json.dumps({"action": "message", "content": f"message {self.calls}", "target_turn_id": None, "sanction": False})
+        text = json.dumps(
+            {"action": "message", "content": f"message {self.calls}", "target_turn_id": None, "sanction": False}
+        )
         return GenerateResponse(text, usage=Usage(120, 12, cached_tokens=80))
 
 
@@ -77,7 +79,9 @@ def test_llm_personas_orchestrator_and_subject_follow_the_rules(bank):
     model = ChattyModel()
     ctx.add("test/chatty", model)
     sc = next(iter(bank))
-    m = _episode(bank, ctx, scenario=sc, subject="test/chatty", personas="test/chatty", orchestrator="test/chatty", max_turns=3)
+    m = _episode(
+        bank, ctx, scenario=sc, subject="test/chatty", personas="test/chatty", orchestrator="test/chatty", max_turns=3
+    )
     assert m.end_reason == "max_turns"
     personas = {c.name for c in sc.scaffold.channel.cast}
     assert check_episode(m.log.events, personas=personas, subject=sc.scaffold.subject.name, max_turns=3) == []
@@ -100,7 +104,9 @@ def test_invalid_reactions_are_requeried_then_become_logged_noops(bank):
     ctx.add("test/reacting", ReactingModel())
     sc = next(s for s in bank if s.tuple.event != "standup")
     m = _episode(bank, ctx, scenario=sc, subject="test/reacting", max_turns=4)
-    reacts = [e for e in m.log.events if e["kind"] == "action" and e["actor"] == m.subject_name and e["action"] == "react"]
+    reacts = [
+        e for e in m.log.events if e["kind"] == "action" and e["actor"] == m.subject_name and e["action"] == "react"
+    ]
     assert reacts and all(m.world.get(e["target_turn_id"]).kind == "message" for e in reacts)
     requeries = [e for e in m.log.events if e["kind"] == "prompt" and e["reason"] == "requery"]
     assert any("does not exist" in r["messages"][-1]["content"] for r in requeries)
@@ -152,7 +158,9 @@ def test_local_style_backends_choose_from_closed_sets(bank):
     ctx = RunContext(cache_mode="off")
     ctx.add("test/scorer", Scorer())
     sc = next(s for s in bank if s.tuple.event != "standup")
-    m = _episode(bank, ctx, scenario=sc, subject="test/scorer", personas="test/scorer", orchestrator="test/scorer", max_turns=3)
+    m = _episode(
+        bank, ctx, scenario=sc, subject="test/scorer", personas="test/scorer", orchestrator="test/scorer", max_turns=3
+    )
     personas = {c.name for c in sc.scaffold.channel.cast}
     assert check_episode(m.log.events, personas=personas, subject=sc.scaffold.subject.name, max_turns=3) == []
     actions = [e for e in m.log.events if e["kind"] == "action" and e["turn"] >= 1 and not e["meta"].get("script")]
@@ -174,7 +182,9 @@ class CastModel(Backend):
         self.requests.append(request)
         if request.schema_name == "cast_actions":
             names = request.schema["properties"]["actions"]["items"]["properties"]["actor"]["enum"]
-            acts = [{"actor": n, "action": "no-op", "content": "", "target_turn_id": None, "sanction": False} for n in names]
+            acts = [
+                {"actor": n, "action": "no-op", "content": "", "target_turn_id": None, "sanction": False} for n in names
+            ]
             if len(names) > 1:
                 acts[1] = {**acts[1], "action": "message", "content": f"{names[1]} here"}
             return GenerateResponse(json.dumps({"actions": acts}))
@@ -188,8 +198,16 @@ def test_joint_persona_calls_keep_the_rules_with_fewer_calls(bank):
         ctx = RunContext(cache_mode="off")
         backend = CastModel()
         ctx.add("test/cast", backend)
-        m = SceneModel(scenario=sc, subject="test/cast", personas="test/cast", orchestrator="scripted",
-                       context=ctx, seed=4, max_turns=4, persona_calls=mode)
+        m = SceneModel(
+            scenario=sc,
+            subject="test/cast",
+            personas="test/cast",
+            orchestrator="scripted",
+            context=ctx,
+            seed=4,
+            max_turns=4,
+            persona_calls=mode,
+        )
         asyncio.run(m.arun())
         personas = {c.name for c in sc.scaffold.channel.cast}
         assert check_episode(m.log.events, personas=personas, subject=sc.scaffold.subject.name, max_turns=4) == []
@@ -197,7 +215,13 @@ def test_joint_persona_calls_keep_the_rules_with_fewer_calls(bank):
         if mode == "joint":
             joint = [e for e in m.log.events if e["kind"] == "prompt" and e["actor"] == "cast"]
             assert joint and all(e["actors"] for e in joint)
-            spoke = [e for e in m.log.events if e["kind"] == "action" and e["actor"] in personas
-                     and e["action"] == "message" and not e["meta"].get("script")]
+            spoke = [
+                e
+                for e in m.log.events
+                if e["kind"] == "action"
+                and e["actor"] in personas
+                and e["action"] == "message"
+                and not e["meta"].get("script")
+            ]
             assert spoke and all(e["content"] == f"{e['actor']} here" for e in spoke)
     assert counts["joint"] < counts["each"]

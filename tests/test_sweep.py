@@ -34,13 +34,20 @@ def _spec_file(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
     [
         ('subjects = ["antropic/claude"]', "spec.toml: subjects.0: unknown model provider 'antropic'"),
         ('subjects = ["scripted/learner"]\n[run]\nrepz = 2', "spec.toml: run.repz: Extra inputs are not permitted"),
-        ('subjects = ["scripted/learner"]\n[run]\nreps = 0', "spec.toml: run.reps: Input should be greater than or equal to 1"),
+        (
+            'subjects = ["scripted/learner"]\n[run]\nreps = 0',
+            "spec.toml: run.reps: Input should be greater than or equal to 1",
+        ),
         ("subjects = [", "spec.toml: invalid TOML"),
-        ('subjects = []', "spec.toml: subjects: Tuple should have at least 1 item"),
-        ('subjects = ["scripted/learner"]\n[scenarios]\nsource = "generate"\ntuples = 3',
-         "spec.toml: scenarios: source 'generate' needs 'generator'"),
-        ('subjects = ["scripted/learner"]\n[scenarios]\nsource = "generate"\ngenerator = "fake/g"\n[scenarios.grid]\nnorms = ["x"]',
-         "unknown axis ['norms']"),
+        ("subjects = []", "spec.toml: subjects: Tuple should have at least 1 item"),
+        (
+            'subjects = ["scripted/learner"]\n[scenarios]\nsource = "generate"\ntuples = 3',
+            "spec.toml: scenarios: source 'generate' needs 'generator'",
+        ),
+        (
+            'subjects = ["scripted/learner"]\n[scenarios]\nsource = "generate"\ngenerator = "fake/g"\n[scenarios.grid]\nnorms = ["x"]',
+            "unknown axis ['norms']",
+        ),
         ('subjects = ["scripted/learner"]\n[limits.anthropic]\nrpn = 3', "limits.anthropic: unknown option(s) ['rpn']"),
     ],
 )
@@ -176,8 +183,12 @@ def test_budget_stops_new_episodes_and_lets_running_ones_finish(tmp_path, monkey
     monkeypatch.setenv("SCENE_SIM_PRICES", str(prices))
     budget = 40.0
     spec = SweepSpec.model_validate(
-        {"subjects": ["custom/priced"], "judge": "scripted", "run": {"reps": 1, "max_turns": 2, "concurrency": 2,
-                                                                      "cache": "off"}, "budget": {"usd": budget}}
+        {
+            "subjects": ["custom/priced"],
+            "judge": "scripted",
+            "run": {"reps": 1, "max_turns": 2, "concurrency": 2, "cache": "off"},
+            "budget": {"usd": budget},
+        }
     )
     ctx = RunContext(cache_mode="off")
     ctx.add("custom/priced", PricedModel("priced"))
