@@ -70,7 +70,9 @@ class RunContext:
 
             spec = ModelSpec.parse(model)
             if spec.provider == "custom":
-                raise SceneSimError(f"'{model}' names a backend of your own: add it first with RunContext.add('{model}', backend)")
+                raise SceneSimError(
+                    f"'{model}' names a backend of your own: add it first with RunContext.add('{model}', backend)"
+                )
             limits = {**self.limits.get(spec.provider, {}), **self.limits.get(model, {})}
             self._backends[model] = create_backend(
                 spec, cache_mode=self.cache_mode, accountant=self.accountant, **limits

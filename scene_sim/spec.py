@@ -85,7 +85,8 @@ class ScenarioSource(_Strict):
         if self.grid is not None:
             unknown = set(self.grid) - {"event", "norm", "elicitor", "sanction", "precedent"}
             if unknown:
-                raise ValueError(f"grid: unknown axis {sorted(unknown)}; axes: event, norm, elicitor, sanction, precedent")
+                axes = "event, norm, elicitor, sanction, precedent"
+                raise ValueError(f"grid: unknown axis {sorted(unknown)}; axes: {axes}")
         return self
 
     def grid_tuples(self, taxonomy: Taxonomy) -> list[SceneTuple]:
@@ -102,7 +103,8 @@ class ScenarioSource(_Strict):
             picked = [want] if isinstance(want, str | int) else list(want)
             for v in picked:
                 if v not in values:
-                    raise SceneSimError(f"scenarios.grid.{axis}: unknown value {v!r}{suggest(str(v), map(str, values))}")
+                    hint = suggest(str(v), map(str, values))
+                    raise SceneSimError(f"scenarios.grid.{axis}: unknown value {v!r}{hint}")
             chosen[axis] = picked
         valid = set(taxonomy.valid_tuples)
         out = [SceneTuple(*combo) for combo in itertools.product(*(chosen[a] for a in axes))]

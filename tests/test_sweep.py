@@ -45,7 +45,8 @@ def _spec_file(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
             "spec.toml: scenarios: source 'generate' needs 'generator'",
         ),
         (
-            'subjects = ["scripted/learner"]\n[scenarios]\nsource = "generate"\ngenerator = "fake/g"\n[scenarios.grid]\nnorms = ["x"]',
+            'subjects = ["scripted/learner"]\n[scenarios]\nsource = "generate"\ngenerator = "fake/g"\n'
+            '[scenarios.grid]\nnorms = ["x"]',
             "unknown axis ['norms']",
         ),
         ('subjects = ["scripted/learner"]\n[limits.anthropic]\nrpn = 3', "limits.anthropic: unknown option(s) ['rpn']"),

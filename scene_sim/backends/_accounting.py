@@ -160,8 +160,17 @@ class _Bucket:
     priced: bool = field(default=True)
 
     def add(self, other: _Bucket) -> None:
-        for name in ("calls", "attempts", "retries", "errors", "cache_hits", "input_tokens", "output_tokens",
-                     "cached_tokens", "latency_s"):
+        for name in (
+            "calls",
+            "attempts",
+            "retries",
+            "errors",
+            "cache_hits",
+            "input_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "latency_s",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         if other.cost_usd is not None:
             self.cost_usd = (self.cost_usd or 0.0) + other.cost_usd

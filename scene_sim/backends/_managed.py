@@ -238,9 +238,7 @@ def match_choice(answer: Any, choices: tuple[str, ...]) -> str | None:
 # -- shared limits ----------------------------------------------------------------
 
 #: Per event loop: limiter key -> limiter (semaphores and locks belong to one loop).
-_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]] = (
-    weakref.WeakKeyDictionary()
-)
+_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
 
 
 def _shared(key: tuple[Any, ...], factory: Callable[[], T]) -> T:
@@ -492,14 +490,16 @@ class ManagedBackend:
             if hit is not None:
                 latency = time.monotonic() - started
                 hit = dataclasses.replace(hit, latency_s=latency, model=hit.model or model)
-                self.accountant.record(role=request.role, model=model, usage=hit.usage, attempts=0,
-                                       latency_s=latency, cache_hit=True)
+                self.accountant.record(
+                    role=request.role, model=model, usage=hit.usage, attempts=0, latency_s=latency, cache_hit=True
+                )
                 return hit
 
         sent = request
         if request.choices is not None and not self.backend.capabilities.scores_choices:
-            sent = dataclasses.replace(request, choices=None, schema=choice_schema(request.choices),
-                                       schema_name=CHOICE_SCHEMA_NAME)
+            sent = dataclasses.replace(
+                request, choices=None, schema=choice_schema(request.choices), schema_name=CHOICE_SCHEMA_NAME
+            )
 
         retries: list[dict[str, Any]] = []
         for attempt in range(1, self.max_attempts + 1):
@@ -513,8 +513,14 @@ class ManagedBackend:
                 message = redact(_one_line(str(error) or type(error).__name__))
                 if error.kind == "fatal" or attempt == self.max_attempts:
                     elapsed = time.monotonic() - started
-                    self.accountant.record(role=request.role, model=model, attempts=attempt, retries=len(retries),
-                                           latency_s=elapsed, error=True)
+                    self.accountant.record(
+                        role=request.role,
+                        model=model,
+                        attempts=attempt,
+                        retries=len(retries),
+                        latency_s=elapsed,
+                        error=True,
+                    )
                     cls = FatalBackendError if error.kind == "fatal" else CallFailed
                     what = "failed" if error.kind == "fatal" else f"failed after {attempt} attempts"
                     raise cls(
@@ -544,7 +550,13 @@ class ManagedBackend:
                 key = cache_key(self.backend.cache_identity(), request)
             if key is not None and cacheable and self.cache is not None and self.cache.writable:
                 await self.cache.put(key, response, model=model)
-            self.accountant.record(role=request.role, model=model, usage=response.usage, attempts=attempt,
-                                   retries=len(retries), latency_s=latency)
+            self.accountant.record(
+                role=request.role,
+                model=model,
+                usage=response.usage,
+                attempts=attempt,
+                retries=len(retries),
+                latency_s=latency,
+            )
             return response
         raise AssertionError("unreachable")  # pragma: no cover

@@ -36,8 +36,13 @@ BACKENDS: Final[dict[str, str]] = {
     "fake": "scene_sim.backends.fake:FakeBackend",
 }
 #: The extra that installs each provider's dependencies.
-_EXTRAS: Final[dict[str, str]] = {"anthropic": "anthropic", "google": "google", "openai": "openai", "hf": "local",
-                                  "local": "local"}
+_EXTRAS: Final[dict[str, str]] = {
+    "anthropic": "anthropic",
+    "google": "google",
+    "openai": "openai",
+    "hf": "local",
+    "local": "local",
+}
 #: Option names that would carry a credential; refused so keys never sit in model strings (and logs).
 _SECRET_WORDS: Final = ("key", "token", "secret", "password")
 #: Model-string options handled by the managed wrapper, with their types.

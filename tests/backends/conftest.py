@@ -93,8 +93,12 @@ class Kit:
                 "stop_reason": "end_turn",
                 "stop_sequence": None,
                 # Anthropic's input_tokens exclude cache reads; scene-sim adds them back.
-                "usage": {"input_tokens": input_tokens - cached, "output_tokens": output_tokens,
-                          "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0},
+                "usage": {
+                    "input_tokens": input_tokens - cached,
+                    "output_tokens": output_tokens,
+                    "cache_read_input_tokens": cached,
+                    "cache_creation_input_tokens": 0,
+                },
             }
         elif self.provider == "openai":
             body = {
@@ -103,16 +107,24 @@ class Kit:
                 "created": 0,
                 "model": self.model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
-                          "total_tokens": input_tokens + output_tokens,
-                          "prompt_tokens_details": {"cached_tokens": cached}},
+                "usage": {
+                    "prompt_tokens": input_tokens,
+                    "completion_tokens": output_tokens,
+                    "total_tokens": input_tokens + output_tokens,
+                    "prompt_tokens_details": {"cached_tokens": cached},
+                },
             }
         else:
             body = {
-                "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP",
-                                "index": 0}],
-                "usageMetadata": {"promptTokenCount": input_tokens, "candidatesTokenCount": output_tokens,
-                                  "cachedContentTokenCount": cached, "totalTokenCount": input_tokens + output_tokens},
+                "candidates": [
+                    {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}
+                ],
+                "usageMetadata": {
+                    "promptTokenCount": input_tokens,
+                    "candidatesTokenCount": output_tokens,
+                    "cachedContentTokenCount": cached,
+                    "totalTokenCount": input_tokens + output_tokens,
+                },
                 "modelVersion": self.model_name,
             }
         return Reply(200, body)
@@ -130,15 +142,30 @@ class Kit:
 
     def error(self, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Reply:
         if self.provider == "anthropic":
-            kinds = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                     404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error"}
-            body: dict[str, Any] = {"type": "error", "error": {"type": kinds.get(status, "api_error"),
-                                                              "message": message, **extra}}
+            kinds = {
+                400: "invalid_request_error",
+                401: "authentication_error",
+                403: "permission_error",
+                404: "not_found_error",
+                429: "rate_limit_error",
+                529: "overloaded_error",
+            }
+            body: dict[str, Any] = {
+                "type": "error",
+                "error": {"type": kinds.get(status, "api_error"), "message": message, **extra},
+            }
         elif self.provider == "openai":
             body = {"error": {"message": message, "type": "invalid_request_error", "code": None, **extra}}
         else:
-            statuses = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-                        404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+            statuses = {
+                400: "INVALID_ARGUMENT",
+                401: "UNAUTHENTICATED",
+                403: "PERMISSION_DENIED",
+                404: "NOT_FOUND",
+                429: "RESOURCE_EXHAUSTED",
+                500: "INTERNAL",
+                503: "UNAVAILABLE",
+            }
             body = {"error": {"code": status, "message": message, "status": statuses.get(status, "UNKNOWN"), **extra}}
         return Reply(status, body, headers=headers or {})
 

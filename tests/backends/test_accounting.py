@@ -83,8 +83,9 @@ def test_bad_price_table_is_a_user_error(tmp_path: Path, text: str, match: str) 
 
 def test_accountant_sums_per_role_and_model(prices: Path) -> None:
     acc = Accountant(prices)
-    acc.record(role="subject", model="openai/gpt-test", usage=Usage(1000, 100, 200), attempts=2, retries=1,
-               latency_s=0.5)
+    acc.record(
+        role="subject", model="openai/gpt-test", usage=Usage(1000, 100, 200), attempts=2, retries=1, latency_s=0.5
+    )
     acc.record(role="subject", model="openai/gpt-test", usage=Usage(3000, 300, 0), latency_s=1.0)
     acc.record(role="subject", model="openai/gpt-test", usage=Usage(3000, 300, 0), attempts=0, cache_hit=True)
     acc.record(role="judge", model="mystery/model", usage=Usage(10, 1, 0), latency_s=0.1)
@@ -119,13 +120,18 @@ def test_only_unpriced_models_total_null(prices: Path) -> None:
     assert Accountant(prices).summary()["total"]["cost_usd"] == 0.0
 
 
-async def test_managed_calls_feed_one_accountant(prices: Path, server: FakeServer,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_managed_calls_feed_one_accountant(
+    prices: Path, server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kit = KITS["openai"]
     monkeypatch.setenv(kit.key_env, SECRET)
     acc = Accountant(prices)
-    server.queue(kit.error(500, "x"), kit.text("a", input_tokens=1000, output_tokens=100, cached=500),
-                 kit.text("b", input_tokens=2000, output_tokens=10), kit.error(400, "bad request"))
+    server.queue(
+        kit.error(500, "x"),
+        kit.text("a", input_tokens=1000, output_tokens=100, cached=500),
+        kit.text("b", input_tokens=2000, output_tokens=10),
+        kit.error(400, "bad request"),
+    )
     backend = create_backend(f"openai/gpt-test?base_url={server.url}/v1", accountant=acc)
     backend.backoff_base_s = 0.01
     fake = create_backend("fake/m", accountant=acc)
@@ -140,8 +146,17 @@ async def test_managed_calls_feed_one_accountant(prices: Path, server: FakeServe
 
     summary = acc.summary()
     persona = summary["by_role"]["persona"]["openai/gpt-test"]
-    assert persona == {**persona, "calls": 2, "attempts": 2, "retries": 1, "cache_hits": 1, "input_tokens": 1000,
-                       "output_tokens": 100, "cached_tokens": 500, "errors": 0}
+    assert persona == {
+        **persona,
+        "calls": 2,
+        "attempts": 2,
+        "retries": 1,
+        "cache_hits": 1,
+        "input_tokens": 1000,
+        "output_tokens": 100,
+        "cached_tokens": 500,
+        "errors": 0,
+    }
     assert persona["cost_usd"] == pytest.approx((500 * 2 + 500 * 0.5 + 100 * 10) / 1e6)
     judge = summary["by_role"]["judge"]["openai/gpt-test"]
     assert judge["calls"] == 2 and judge["errors"] == 1 and judge["input_tokens"] == 2000

@@ -101,8 +101,12 @@ async def test_hit_makes_zero_http_calls(kit: Kit, server: FakeServer) -> None:
     assert len(server.posts) == 1
     assert not first.cache_hit and second.cache_hit
     assert second.attempts == 0
-    assert (second.text, second.parsed, second.usage, second.model) == (first.text, first.parsed, first.usage,
-                                                                          first.model)
+    assert (second.text, second.parsed, second.usage, second.model) == (
+        first.text,
+        first.parsed,
+        first.usage,
+        first.model,
+    )
     assert backend.accountant.summary()["total"]["cache_hits"] == 1
 
 

@@ -30,8 +30,10 @@ from scene_sim.backends.fake import FakeBackend, instance_of
         ({"anyOf": [{"type": "integer"}, {"type": "string"}]}, 0),
         ({"type": "array", "items": {"type": "integer"}}, []),
         ({"type": "array", "items": {"enum": ["x"]}, "minItems": 2}, ["x", "x"]),
-        ({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}, "required": ["b"]},
-         {"b": 0}),
+        (
+            {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}, "required": ["b"]},
+            {"b": 0},
+        ),
     ],
 )
 def test_instance_of(schema: dict, expected: object) -> None:
@@ -40,20 +42,27 @@ def test_instance_of(schema: dict, expected: object) -> None:
 
 def test_instance_of_pydantic_style_refs() -> None:
     schema = {
-        "$defs": {"Kind": {"enum": ["message", "react"], "type": "string"},
-                  "Inner": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}},
-                            "required": ["n"]}},
+        "$defs": {
+            "Kind": {"enum": ["message", "react"], "type": "string"},
+            "Inner": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}, "required": ["n"]},
+        },
         "type": "object",
-        "properties": {"kind": {"$ref": "#/$defs/Kind"}, "inner": {"$ref": "#/$defs/Inner"},
-                       "both": {"allOf": [{"$ref": "#/$defs/Inner"}]}, "opt": {"type": "string"}},
+        "properties": {
+            "kind": {"$ref": "#/$defs/Kind"},
+            "inner": {"$ref": "#/$defs/Inner"},
+            "both": {"allOf": [{"$ref": "#/$defs/Inner"}]},
+            "opt": {"type": "string"},
+        },
         "required": ["kind", "inner", "both"],
     }
     assert instance_of(schema) == {"kind": "message", "inner": {"n": 1}, "both": {"n": 1}}
 
 
 def test_instance_of_survives_recursive_schemas() -> None:
-    schema = {"$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}},
-                                 "required": ["next"]}}, "$ref": "#/$defs/Node"}
+    schema = {
+        "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}, "required": ["next"]}},
+        "$ref": "#/$defs/Node",
+    }
     instance_of(schema)  # terminates
 
 

@@ -44,8 +44,9 @@ async def test_connection_limit_is_honoured(kit: Kit, server: FakeServer) -> Non
     assert server.max_in_flight == 2
 
 
-async def test_connection_limit_is_shared_per_provider_and_base_url(server: FakeServer,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_connection_limit_is_shared_per_provider_and_base_url(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kit = KITS["openai"]
     monkeypatch.setenv(kit.key_env, SECRET)
     server.default = Reply(**{**kit.text("slow").__dict__, "delay_s": 0.15})
@@ -84,8 +85,12 @@ async def test_rpm_throttle_holds_back_requests() -> None:
 async def test_tpm_limit_holds_back_requests() -> None:
     backend = create_backend("fake/m", cache_mode="off", tpm=250)
     prompt = "x" * 400  # ~100 tokens, plus max_tokens=10 reserved
-    tasks = [asyncio.create_task(backend.generate(req(messages=({"role": "user", "content": prompt},), seed=i,
-                                                       max_tokens=10))) for i in range(3)]
+    tasks = [
+        asyncio.create_task(
+            backend.generate(req(messages=({"role": "user", "content": prompt},), seed=i, max_tokens=10))
+        )
+        for i in range(3)
+    ]
     await asyncio.sleep(0.4)
     assert sum(t.done() for t in tasks) == 2
     for t in tasks:
@@ -263,8 +268,16 @@ async def test_model_call_fields(server: FakeServer, monkeypatch: pytest.MonkeyP
     with pytest.raises(CallFailed) as info:
         await backend.generate(req(seed=1))
     await backend.aclose()
-    assert set(ok) == {"model", "input_tokens", "output_tokens", "cached_tokens", "latency_s", "attempts", "cache_hit",
-                       "error"}
+    assert set(ok) == {
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+        "latency_s",
+        "attempts",
+        "cache_hit",
+        "error",
+    }
     assert ok["model"] == "openai/gpt-test" and (ok["input_tokens"], ok["cached_tokens"], ok["error"]) == (12, 4, None)
     failed = model_call_fields(info.value)
     assert failed["attempts"] == 1 and failed["model"] == "openai/gpt-test" and not failed["cache_hit"]
@@ -275,8 +288,9 @@ async def test_model_call_fields(server: FakeServer, monkeypatch: pytest.MonkeyP
 async def test_openai_drops_temperature_when_rejected(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     kit = KITS["openai"]
     monkeypatch.setenv(kit.key_env, SECRET)
-    server.queue(kit.error(400, "Unsupported value: 'temperature' does not support 0.2 with this model."),
-                 kit.text("ok"))
+    server.queue(
+        kit.error(400, "Unsupported value: 'temperature' does not support 0.2 with this model."), kit.text("ok")
+    )
     backend = create_backend(kit.model(server), cache_mode="off")
     backend.backoff_base_s = 0.01
     resp = await backend.generate(req(temperature=0.2))

@@ -21,8 +21,14 @@ SCHEMA = {
 
 
 def request(**kw) -> GenerateRequest:
-    kw.setdefault("messages", ({"role": "user", "content": "Hi all"}, {"role": "assistant", "content": "Hey"},
-                               {"role": "user", "content": "What now?"}))
+    kw.setdefault(
+        "messages",
+        (
+            {"role": "user", "content": "Hi all"},
+            {"role": "assistant", "content": "Hey"},
+            {"role": "user", "content": "What now?"},
+        ),
+    )
     kw.setdefault("system", SYSTEM)
     return GenerateRequest(**kw)
 
@@ -230,8 +236,16 @@ async def test_openai_insufficient_quota_is_fatal(server: FakeServer, monkeypatc
 
     kit = KITS["openai"]
     monkeypatch.setenv(kit.key_env, SECRET)
-    server.default = Reply(429, {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
-                                           "code": "insufficient_quota"}})
+    server.default = Reply(
+        429,
+        {
+            "error": {
+                "message": "You exceeded your current quota",
+                "type": "insufficient_quota",
+                "code": "insufficient_quota",
+            }
+        },
+    )
     async with managed(kit, server) as backend:
         with pytest.raises(FatalBackendError, match="exceeded your current quota"):
             await backend.generate(request())
@@ -241,8 +255,9 @@ async def test_openai_insufficient_quota_is_fatal(server: FakeServer, monkeypatc
 async def test_openai_platform_uses_max_completion_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     backend = create_backend("openai/gpt-test", cache_mode="off")
-    params = backend.backend.build_params(request(max_tokens=33, schema={"type": "object", "properties": {
-        "x": {"type": "string"}}}))
+    params = backend.backend.build_params(
+        request(max_tokens=33, schema={"type": "object", "properties": {"x": {"type": "string"}}})
+    )
     assert params["max_completion_tokens"] == 33 and "max_tokens" not in params
     assert params["response_format"]["json_schema"]["strict"] is False  # open schema: strict mode would reject it
 

@@ -36,15 +36,23 @@ async def test_real_api_smoke(provider: str) -> None:
     acc = Accountant()
     backend = create_backend(f"{provider}/{model}", cache_mode="off", accountant=acc, max_attempts=3, timeout_s=60)
     try:
-        plain = await backend.generate(GenerateRequest(
-            messages=({"role": "user", "content": "Reply with the single word: pong"},), max_tokens=16,
-            role="smoke"))
+        plain = await backend.generate(
+            GenerateRequest(
+                messages=({"role": "user", "content": "Reply with the single word: pong"},), max_tokens=16, role="smoke"
+            )
+        )
         assert "pong" in plain.text.lower()
         assert plain.usage.input_tokens > 0 and plain.usage.output_tokens > 0
-        structured = await backend.generate(GenerateRequest(
-            system="You are a member of a friendly group chat.",
-            messages=({"role": "user", "content": "Someone says hi. Choose an action and short content."},),
-            schema=SCHEMA, schema_name="action", max_tokens=200, role="smoke"))
+        structured = await backend.generate(
+            GenerateRequest(
+                system="You are a member of a friendly group chat.",
+                messages=({"role": "user", "content": "Someone says hi. Choose an action and short content."},),
+                schema=SCHEMA,
+                schema_name="action",
+                max_tokens=200,
+                role="smoke",
+            )
+        )
         assert isinstance(structured.parsed, dict) and structured.parsed.get("action") in ("message", "react", "no-op")
     finally:
         await backend.aclose()

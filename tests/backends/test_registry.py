@@ -29,10 +29,16 @@ def test_create_fake_backend() -> None:
 
 
 def test_managed_options_in_the_model_string_win() -> None:
-    backend = create_backend("fake/x?rpm=30&tpm=1000&max_connections=3&timeout_s=7&max_attempts=2", rpm=5,
-                             max_connections=9, timeout_s=60)
+    backend = create_backend(
+        "fake/x?rpm=30&tpm=1000&max_connections=3&timeout_s=7&max_attempts=2", rpm=5, max_connections=9, timeout_s=60
+    )
     assert (backend.rpm, backend.tpm, backend.max_connections, backend.timeout_s, backend.max_attempts) == (
-        30, 1000, 3, 7, 2)
+        30,
+        1000,
+        3,
+        7,
+        2,
+    )
 
 
 def test_unknown_option_lists_valid_ones() -> None:
