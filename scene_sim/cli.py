@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="local", help="model string for every role (default: local)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-turns", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
     _add_cache(p)
 
     p = sub.add_parser("sweep", help="run an experiment spec (TOML): many episodes, resumable, on budget")
@@ -217,6 +218,7 @@ def _run(args: argparse.Namespace) -> int:
             scenarios=args.scenarios,
             cache_mode=args.cache,
             persona_calls=args.persona_calls,
+            temperature=args.temperature,
         )
     )
     console = Console()
@@ -247,7 +249,13 @@ def _demo(args: argparse.Namespace) -> int:
 
     out = args.out or tempfile.mkdtemp(prefix="scene-sim-demo-")
     return run_demo(
-        out, model=args.model, scenario=args.scenario, seed=args.seed, max_turns=args.max_turns, cache_mode=args.cache
+        out,
+        model=args.model,
+        scenario=args.scenario,
+        seed=args.seed,
+        max_turns=args.max_turns,
+        cache_mode=args.cache,
+        temperature=args.temperature,
     )
 
 

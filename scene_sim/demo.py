@@ -28,6 +28,7 @@ def run_demo(
     seed: int = 0,
     max_turns: int = 4,
     cache_mode: str = "read-write",
+    temperature: float | None = 0.8,
     console: Console | None = None,
 ) -> int:
     """Run the demo episode into ``out``; returns the exit status."""
@@ -55,6 +56,7 @@ def run_demo(
             max_turns=max_turns,
             cache_mode=cache_mode,
             command="demo",
+            temperature=temperature,
             on_event=LiveTranscript(console),
         )
     )

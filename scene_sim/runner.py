@@ -44,6 +44,7 @@ async def run_episode(
     agent_classes: dict[str, Any] | None = None,
     on_event: Any = None,
     persona_calls: str = "each",
+    temperature: float | None = None,
 ) -> RunOutcome:
     """Simulate one episode, write it to ``out`` and (optionally) judge and analyse it.
 
@@ -65,6 +66,7 @@ async def run_episode(
         agent_classes: per-role agent classes (see :class:`SceneModel`).
         on_event: callback for each event as it happens (live display).
         persona_calls: ``each`` or ``joint`` (see :class:`SceneModel`).
+        temperature: sampling temperature of model-driven agents (None: provider default / greedy).
     """
     started = time.perf_counter()
     context = RunContext(cache_mode=cache_mode)
@@ -85,6 +87,7 @@ async def run_episode(
             agent_classes=agent_classes,
             on_event=on_event,
             persona_calls=persona_calls,
+            temperature=temperature,
         )
         spec = {
             "scenario": model.scenario.id,
@@ -96,6 +99,7 @@ async def run_episode(
             "min_post_sanction_turns": min_post_sanction_turns,
             "cache": cache_mode,
             "persona_calls": persona_calls,
+            "temperature": temperature,
         }
         result = await model.arun()
         run_dir.write_episode(result.episode_id, result.events)
