@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import re
+import time
 from typing import Any
 
 from scene_sim.backends import Backend, GenerateRequest, GenerateResponse, Usage
@@ -47,11 +48,13 @@ class SimModel(Backend):
         self.subject_rate = subject_rate
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
+        # a call takes latency_s in all: the simulated model's own work counts inside it
+        started = time.perf_counter()
         prompt = (request.system or "") + "".join(m["content"] for m in request.messages)
         text, parsed = self._answer(request, prompt)
         usage = Usage(math.ceil(len(prompt) / 4), math.ceil(len(text) / 4))
+        if self.latency_s:
+            await asyncio.sleep(max(0.0, self.latency_s - (time.perf_counter() - started)))
         return GenerateResponse(text, parsed=parsed, usage=usage, model="custom/sim")
 
     @staticmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 from scene_sim._resources import content_dir
@@ -38,7 +38,7 @@ class PromptTemplate:
     system: str
     user: str
 
-    @property
+    @cached_property
     def placeholders(self) -> set[str]:
         """Every placeholder the template uses."""
         return set(_PLACEHOLDER.findall(self.system)) | set(_PLACEHOLDER.findall(self.user))
@@ -76,4 +76,10 @@ def _load(path: Path) -> PromptTemplate:
 
 def load_template(name: str) -> PromptTemplate:
     """Load ``agents/<name>.md`` (cached)."""
+    return _load_named(name, os.environ.get("SCENE_SIM_AGENTS_DIR"))
+
+
+@cache
+def _load_named(name: str, override: str | None) -> PromptTemplate:
+    # every prompt renders a template: resolve the folder once per name and override
     return _load(templates_dir() / f"{name}.md")

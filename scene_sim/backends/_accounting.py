@@ -85,6 +85,7 @@ class PriceTable:
     def __init__(self, prices: Mapping[str, Price] | None = None, source: str | None = None) -> None:
         self.prices: dict[str, Price] = dict(prices or {})
         self.source = source
+        self._memo: dict[str, Price | None] = {}  # every call is priced: scan the table once per model
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> PriceTable:
@@ -124,6 +125,11 @@ class PriceTable:
 
     def lookup(self, model: str) -> Price | None:
         """Return the price of ``model`` (options after ``?`` ignored), or None when unknown."""
+        if model not in self._memo:
+            self._memo[model] = self._lookup(model)
+        return self._memo[model]
+
+    def _lookup(self, model: str) -> Price | None:
         key = _model_key(model)
         if key in self.prices:
             return self.prices[key]
