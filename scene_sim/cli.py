@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         help="end once a sanction was enacted and the subject had N more opportunities",
     )
     p.add_argument("--scenarios", help="scenario source to look the id up in (default: the shipped bank)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature of model-driven agents")
     p.add_argument(
         "--persona-calls",
         default="each",
