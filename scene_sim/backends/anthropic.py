@@ -32,6 +32,7 @@ from scene_sim.backends.base import (
     parse_retry_after,
     redact,
     require_sdk,
+    status_error,
 )
 from scene_sim.errors import SceneSimError
 
@@ -39,7 +40,6 @@ __all__ = ["AnthropicBackend"]
 
 KEY_ENV = "ANTHROPIC_API_KEY"
 BASE_URL_ENV = "ANTHROPIC_BASE_URL"
-_RETRY_STATUS = frozenset({408, 409, 429})
 _FATAL_429_CODES = frozenset({"enforced_spend_limit_reached"})
 
 
@@ -216,9 +216,7 @@ class AnthropicBackend(Backend):
             if status == 400 and self.sampling and "temperature" in message.lower():
                 self.sampling = False  # this model takes no sampling parameters: stop sending them
                 return BackendError(f"{message} (retrying without temperature)", kind="retry", status=status)
-            if status in _RETRY_STATUS or status >= 500:
-                return BackendError(message, kind="retry", status=status, retry_after=retry_after)
-            return BackendError(message, kind="fatal", status=status)
+            return status_error(message, status, retry_after=retry_after)
         if isinstance(exc, (getattr(sdk, "APIResponseValidationError", ()), json.JSONDecodeError)):
             return BackendError(redact(f"malformed response from Anthropic: {exc}"), kind="retry")
         if is_transport_error(exc):

@@ -280,6 +280,17 @@ def require_sdk(module: str, extra: str, what: str | None = None) -> ModuleType:
         ) from None
 
 
+#: HTTP statuses worth retrying besides 5xx: request timeout, conflict, rate limit.
+RETRY_STATUSES = frozenset({408, 409, 429})
+
+
+def status_error(message: str, status: int, *, retry_after: float | None = None) -> BackendError:
+    """Classify a provider's HTTP error: 408/409/429 and 5xx retry; 400, 401, 403, 404 ... are fatal."""
+    if status in RETRY_STATUSES or status >= 500:
+        return BackendError(message, kind="retry", status=status, retry_after=retry_after)
+    return BackendError(message, kind="fatal", status=status)
+
+
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     """Seconds to wait from ``retry-after-ms`` / ``retry-after`` headers (None when absent).
 

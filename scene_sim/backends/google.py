@@ -14,6 +14,7 @@ import os
 from typing import Any, ClassVar
 
 from scene_sim.backends.base import (
+    RETRY_STATUSES,
     Backend,
     BackendError,
     Capabilities,
@@ -31,7 +32,6 @@ __all__ = ["GoogleBackend"]
 
 KEY_ENVS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")
 BASE_URL_ENV = "GOOGLE_GEMINI_BASE_URL"
-_RETRY_STATUS = frozenset({408, 409, 429})
 
 
 def _retry_delay(details: Any) -> float | None:
@@ -202,7 +202,7 @@ class GoogleBackend(Backend):
             text = getattr(exc, "message", None) or str(exc)
             state = getattr(exc, "status", None)
             message = redact(f"Gemini {status}{' ' + str(state) if state else ''}: {text}")
-            if status in _RETRY_STATUS or status >= 500 or status == 0:
+            if status in RETRY_STATUSES or status >= 500 or status == 0:  # 0: no status, a transport fault
                 headers = getattr(getattr(exc, "response", None), "headers", None)
                 retry_after = parse_retry_after(headers)
                 if retry_after is None:

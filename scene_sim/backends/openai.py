@@ -29,6 +29,7 @@ from scene_sim.backends.base import (
     redact,
     register_secret_env,
     require_sdk,
+    status_error,
 )
 from scene_sim.errors import SceneSimError
 
@@ -38,7 +39,6 @@ KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
 #: Sent as the key to servers behind a base URL that need none (vLLM, Ollama).
 PLACEHOLDER_KEY = "not-needed"
-_RETRY_STATUS = frozenset({408, 409, 429})
 _FATAL_CODES = frozenset({"insufficient_quota", "invalid_api_key"})
 _STRUCTURED_MODES = ("json_schema", "json_object", "none")
 
@@ -251,10 +251,8 @@ class OpenAIBackend(Backend):
             if status == 400 and self.sampling and "temperature" in message.lower():
                 self.sampling = False  # e.g. reasoning models: only the default temperature is supported
                 return BackendError(f"{message} (retrying without temperature)", kind="retry", status=status)
-            if status in _RETRY_STATUS or status >= 500:
-                headers = getattr(getattr(exc, "response", None), "headers", None)
-                return BackendError(message, kind="retry", status=status, retry_after=parse_retry_after(headers))
-            return BackendError(message, kind="fatal", status=status)
+            headers = getattr(getattr(exc, "response", None), "headers", None)
+            return status_error(message, status, retry_after=parse_retry_after(headers))
         if isinstance(exc, (getattr(sdk, "APIResponseValidationError", ()), json.JSONDecodeError)):
             return BackendError(redact(f"malformed response from {where}: {exc}"), kind="retry")
         if is_transport_error(exc):
