@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -211,34 +211,27 @@ class ChatAgent(mesa.Agent):
             raise RuntimeError(f"{type(self).__name__} '{self.name}' has no language model and no policy")
         if self.llm.capabilities.scores_choices:
             return await self._choice_action(view, system, messages)
-        convo = list(messages)
-        for attempt in range(MAX_REQUERIES + 1):
-            response = await self.model.call_llm(
-                self,
-                system,
-                convo,
-                reason="turn" if attempt == 0 else "requery",
-                log_prompt=attempt > 0,
-                schema=self._schema(),
-                schema_name="chat_action",
-                max_tokens=400,
-            )
-            raw = response.parsed if response.parsed is not None else response.text
-            parsed = parse_action(raw)
+
+        def read(response: Any) -> tuple[Decision | None, str | None]:
+            parsed = parse_action(response.parsed if response.parsed is not None else response.text)
             problem = parsed.error
             if parsed.action is not None and problem is None:
                 problem = self.model.world.validate(self.name, parsed.action)
-            if problem is None and parsed.action is not None:
-                return Decision(parsed.action, self._meta_from(parsed.data or {}))
-            convo = [
-                *convo,
-                {"role": "assistant", "content": response.text or ""},
-                {
-                    "role": "user",
-                    "content": f"That was not a valid action ({problem}). Reply with the JSON object only.",
-                },
-            ]
-        return Decision(NoOp(), parse_failure=True)
+            if problem is not None or parsed.action is None:
+                return None, problem
+            return Decision(parsed.action, self._meta_from(parsed.data or {})), None
+
+        decision = await ask_until_valid(
+            self,
+            system,
+            messages,
+            read,
+            what="action",
+            schema=self._schema(),
+            schema_name="chat_action",
+            max_tokens=400,
+        )
+        return decision or Decision(NoOp(), parse_failure=True)
 
     async def _choice_action(self, view: Any, system: str, messages: list[dict[str, str]]) -> Decision:
         # Valid by construction: score the closed set of actions, then only
@@ -289,6 +282,37 @@ class ChatAgent(mesa.Agent):
 
     def _meta_from(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
         return _NO_META
+
+
+async def ask_until_valid(
+    actor: Any,
+    system: str,
+    messages: list[dict[str, str]],
+    read: Callable[[Any], tuple[Any, str | None]],
+    *,
+    what: str,
+    **request: Any,
+) -> Any:
+    """Ask ``actor``'s model; re-query with the problem (bounded) until ``read`` accepts the answer.
+
+    ``read(response)`` returns ``(value, None)`` or ``(None, problem)``. Each
+    re-query shows the model its answer and the problem, and is logged as a
+    ``requery`` prompt. Returns the value, or None once the re-queries are spent.
+    """
+    convo = list(messages)
+    for attempt in range(MAX_REQUERIES + 1):
+        response = await actor.model.call_llm(
+            actor, system, convo, reason="turn" if attempt == 0 else "requery", log_prompt=attempt > 0, **request
+        )
+        value, problem = read(response)
+        if problem is None:
+            return value
+        convo = [
+            *convo,
+            {"role": "assistant", "content": response.text or ""},
+            {"role": "user", "content": f"That was not a valid {what} ({problem}). Reply with the JSON object only."},
+        ]
+    return None
 
 
 class Subject(ChatAgent):
@@ -592,33 +616,28 @@ class PersonaCast:
         """Decisions for a prefix of ``names``, ending at the first non-silent one (or covering all)."""
         from scene_sim.actions import extract_json
 
-        convo = list(messages)
-        for attempt in range(MAX_REQUERIES + 1):
-            response = await self.model.call_llm(
-                self,
-                system,
-                convo,
-                reason="turn" if attempt == 0 else "requery",
-                log_prompt=attempt > 0,
-                schema=self._schema(names),
-                schema_name="cast_actions",
-                max_tokens=600,
-            )
+        def read(response: Any) -> tuple[list[tuple[str, Decision]] | None, str | None]:
             data = response.parsed
             if not isinstance(data, dict):
                 try:
                     data = extract_json(response.text)
                 except ValueError:
                     data = None
-            entries = data.get("actions") if isinstance(data, dict) else None
-            decisions, problem = self._read(names, entries)
-            if problem is None:
-                return decisions
-            convo = [
-                *convo,
-                {"role": "assistant", "content": response.text or ""},
-                {"role": "user", "content": f"That was not valid ({problem}). Reply with the JSON object only."},
-            ]
+            decisions, problem = self._read(names, data.get("actions") if isinstance(data, dict) else None)
+            return (decisions, None) if problem is None else (None, problem)
+
+        decisions = await ask_until_valid(
+            self,
+            system,
+            messages,
+            read,
+            what="answer",
+            schema=self._schema(names),
+            schema_name="cast_actions",
+            max_tokens=600,
+        )
+        if decisions is not None:
+            return decisions
         return [(names[0], Decision(NoOp(), parse_failure=True)), *((n, Decision(NoOp())) for n in names[1:])]
 
     def _read(self, names: Sequence[str], entries: Any) -> tuple[list[tuple[str, Decision]], str | None]:
