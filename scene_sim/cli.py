@@ -191,13 +191,6 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _labels_by_turn(run_dir: Any, episode_id: str) -> dict[int, str]:
-    if not run_dir.label_path(episode_id).exists():
-        return {}
-    data = run_dir.read_labels(episode_id)
-    return {int(x["turn_id"]): x["label"] for x in data.get("turn_labels", []) if x.get("turn_id") is not None}
-
-
 @_command("run")
 def _run(args: argparse.Namespace) -> int:
     from scene_sim.display import print_summary, print_transcript
@@ -225,7 +218,7 @@ def _run(args: argparse.Namespace) -> int:
     console = Console()
     if not args.quiet:
         print_transcript(
-            outcome.result.events, labels=_labels_by_turn(outcome.run_dir, outcome.result.episode_id), console=console
+            outcome.result.events, labels=outcome.run_dir.labels_by_turn(outcome.result.episode_id), console=console
         )
     print_summary(_episode_rows(outcome), title="episode", console=console)
     console.print(f"run directory: {outcome.run_dir.path}")

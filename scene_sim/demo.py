@@ -61,11 +61,8 @@ def run_demo(
         )
     )
     res = outcome.result
-    labels = {}
-    if outcome.run_dir.label_path(res.episode_id).exists():
-        data = outcome.run_dir.read_labels(res.episode_id)
-        labels = {int(x["turn_id"]): x["label"] for x in data.get("turn_labels", []) if x.get("turn_id") is not None}
     console.rule("judged transcript")
+    labels = outcome.run_dir.labels_by_turn(res.episode_id)
     print_transcript(res.events, labels=labels, console=console, show_noops=False)
     rows: list[tuple[str, object]] = [("end reason", res.end_reason), ("ticks", res.ticks)]
     row = outcome.analysis.rows.get(res.episode_id) if outcome.analysis is not None else None

@@ -142,6 +142,13 @@ class RunDir:
         except json.JSONDecodeError as exc:
             raise SceneSimError(f"{path}: invalid JSON: {exc.msg}") from None
 
+    def labels_by_turn(self, episode_id: str) -> dict[int, str]:
+        """Chat turn id -> judge label of one episode (empty when it has no labels yet)."""
+        if not self.label_path(episode_id).exists():
+            return {}
+        items = self.read_labels(episode_id).get("turn_labels", [])
+        return {int(x["turn_id"]): x["label"] for x in items if x.get("turn_id") is not None}
+
     def clean_temporaries(self) -> int:
         """Remove temporary files left by a crash; returns how many."""
         n = 0
