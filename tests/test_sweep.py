@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -108,7 +109,10 @@ def _small_spec(tmp_path: Path, reps: int = 1) -> Path:
 def test_resume_refuses_changed_spec_and_existing_run(tmp_path):
     spec_path = _small_spec(tmp_path)
     out = tmp_path / "run"
+    threshold = gc.get_threshold()
     asyncio.run(run_sweep(load_spec(spec_path), out, quiet=True, analyze=False))
+    # a sweep tunes the garbage collector for its batch and gives the settings back
+    assert gc.get_threshold() == threshold and gc.get_freeze_count() == 0
     with pytest.raises(SceneSimError, match="already holds a run; pass --resume"):
         asyncio.run(run_sweep(load_spec(spec_path), out, quiet=True))
     changed = _small_spec(tmp_path, reps=2)
