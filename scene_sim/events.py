@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from scene_sim._json import JSONDecodeError, loads
 from scene_sim.errors import SceneSimError
 
 __all__ = [
@@ -140,8 +141,8 @@ def iter_event_dicts(path: str | Path) -> Iterator[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
+                yield loads(line)
+            except JSONDecodeError as exc:
                 raise SceneSimError(f"{p}:{no}: invalid JSON: {exc.msg}") from None
 
 

@@ -34,7 +34,6 @@ Nothing a model returns can raise out of :meth:`LLMJudge.label` or
 from __future__ import annotations
 
 import asyncio
-import json
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -42,6 +41,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
+from scene_sim._json import JSONDecodeError, loads
 from scene_sim.backends.base import GenerateRequest
 from scene_sim.errors import SceneSimError
 from scene_sim.heuristics import CueReader
@@ -402,8 +402,8 @@ def _iter_needed_events(path: Path) -> Iterator[dict[str, Any]]:
                 if not rest.startswith(_WANTED_KINDS) and rest.startswith('"'):
                     continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
+                obj = loads(line)
+            except JSONDecodeError as exc:
                 raise SceneSimError(f"{path}:{no}: invalid JSON: {exc.msg}") from None
             if isinstance(obj, dict):
                 yield obj

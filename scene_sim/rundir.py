@@ -24,21 +24,27 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from scene_sim._json import dumps_lines
 from scene_sim.errors import SceneSimError
 
-__all__ = ["RunDir", "atomic_write_text", "package_versions"]
+__all__ = ["RunDir", "atomic_write_bytes", "atomic_write_text", "package_versions"]
 
 _TMP_PREFIX = ".tmp-"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file, fsync, rename)."""
+    """Write ``text`` to ``path`` atomically (temp file, fsync, rename), UTF-8 encoded."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + target.name + ".", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -46,10 +52,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def _jsonl(events: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events)
 
 
 def _labels_json(labels: dict[str, Any]) -> str:
@@ -120,7 +122,7 @@ class RunDir:
     def write_episode(self, episode_id: str, events: list[dict[str, Any]]) -> Path:
         """Write an episode's event log atomically."""
         path = self.episode_path(episode_id)
-        atomic_write_text(path, _jsonl(events))
+        atomic_write_bytes(path, dumps_lines(events))
         return path
 
     def write_labels(self, episode_id: str, labels: dict[str, Any]) -> Path:
@@ -129,15 +131,15 @@ class RunDir:
         atomic_write_text(path, _labels_json(labels))
         return path
 
-    # Inside an event loop: encode on the loop (about a millisecond) and leave
-    # only the disk I/O to a thread, which releases the GIL while it waits.
+    # Inside an event loop: encode on the loop (a fraction of a millisecond) and
+    # leave only the disk I/O to a thread, which releases the GIL while it waits.
     # Encoding in the thread would hold the GIL in 5 ms slices the loop must
     # wait out, delaying every timer in flight.
 
     async def awrite_episode(self, episode_id: str, events: list[dict[str, Any]]) -> Path:
         """:meth:`write_episode` for async code: the file I/O runs in a thread."""
         path = self.episode_path(episode_id)
-        await asyncio.to_thread(atomic_write_text, path, _jsonl(events))
+        await asyncio.to_thread(atomic_write_bytes, path, dumps_lines(events))
         return path
 
     async def awrite_labels(self, episode_id: str, labels: dict[str, Any]) -> Path:

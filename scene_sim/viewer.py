@@ -31,6 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from scene_sim._json import JSONDecodeError, loads
 from scene_sim.errors import SceneSimError
 from scene_sim.rundir import RunDir, atomic_write_text
 
@@ -110,12 +111,12 @@ def _read_events(path: Path) -> list[dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
     lines = [ln for ln in text.splitlines() if ln.strip() and not _SKIP_RE.search(ln, 0, 100)]
     try:  # one parse for the whole file; line by line only to name a broken line
-        events = json.loads("[" + ",".join(lines) + "]")
-    except json.JSONDecodeError:
+        events = loads("[" + ",".join(lines) + "]")
+    except JSONDecodeError:
         for no, line in enumerate(text.splitlines(), start=1):
             try:
-                json.loads(line) if line.strip() else None
-            except json.JSONDecodeError as exc:
+                loads(line) if line.strip() else None
+            except JSONDecodeError as exc:
                 raise SceneSimError(f"{path}:{no}: invalid JSON: {exc.msg}") from None
         raise SceneSimError(f"{path}: invalid JSON") from None
     return [e for e in events if isinstance(e, dict) and e.get("kind") not in ("prompt", "model_call")]

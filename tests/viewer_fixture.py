@@ -17,6 +17,7 @@ import asyncio
 import csv
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +215,7 @@ def build_synthetic_run(path: Path, source: RunDir, n: int = 6000, seed: int = 0
         events = [
             json.loads(line)
             for line in source.episode_path(eid).read_text(encoding="utf-8").splitlines()
-            if line.strip() and '"kind": "prompt"' not in line[:80] and '"kind": "model_call"' not in line[:80]
+            if line.strip() and not re.search(r'"kind":\s*"(?:prompt|model_call)"', line[:80])
         ]
         labels = source.read_labels(eid) if source.label_path(eid).exists() else None
         templates.append((events, labels))
