@@ -1,8 +1,9 @@
 """The one managed wrapper every backend runs behind.
 
 :class:`ManagedBackend` adds, in this order: response-cache lookup, the
-provider's connection limit (an ``asyncio.Semaphore`` shared per provider and
-base URL), a requests-per-minute throttle (asyncio-throttle) and an optional
+provider's connection limit (shared per provider and base URL; a freed
+connection goes to the waiting task that has made the fewest calls), a
+requests-per-minute throttle (asyncio-throttle) and an optional
 tokens-per-minute limit, retries with exponential backoff and full jitter
 that honour the provider's retry-after, a per-attempt timeout, and accounting.
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import heapq
+import itertools
 import json
 import math
 import random
@@ -248,6 +251,53 @@ def _shared(key: tuple[Any, ...], factory: Callable[[], T]) -> T:
     return table[key]
 
 
+class _FairSlots:
+    """A connection limit that serves the waiting task with the least attained service first.
+
+    ``asyncio.Semaphore`` serves waiters first come, first served, so in a
+    sweep the episodes drift apart in progress and, once no new episode is
+    left to start, the stragglers run one call at a time on a mostly idle
+    pool. Serving the task (the episode) that has made the fewest calls so far
+    keeps episodes in step and the pool full to the end. A freed slot is
+    handed straight to the next waiter, so a newcomer cannot barge past it.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._served: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        served = 0
+        if task is not None:
+            served = self._served.get(task, 0)
+            self._served[task] = served + 1
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (served, next(self._order), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release()  # the slot arrived just as the task was cancelled: pass it on
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            future = heapq.heappop(self._waiters)[2]
+            if not future.done():  # a cancelled waiter's future is done already
+                future.set_result(None)
+                return
+        self._free += 1
+
+
 class _TokenWindow:
     """A sliding one-minute window of tokens sent (a tokens-per-minute limit)."""
 
@@ -387,9 +437,9 @@ class ManagedBackend:
 
     # -- limits -------------------------------------------------------------------
 
-    def _semaphore(self) -> asyncio.Semaphore:
+    def _semaphore(self) -> _FairSlots:
         key = ("connections", self.backend.provider, self.backend.base_url)
-        return _shared(key, lambda: asyncio.Semaphore(self.max_connections))
+        return _shared(key, lambda: _FairSlots(self.max_connections))
 
     def _throttler(self) -> Throttler | None:
         if self.rpm is None:

@@ -23,7 +23,8 @@ from scene_sim.backends import (
     match_choice,
     model_call_fields,
 )
-from scene_sim.backends.base import parse_retry_after, redact
+from scene_sim.backends._managed import _FairSlots
+from scene_sim.backends.base import Backend, GenerateResponse, parse_retry_after, redact
 from scene_sim.backends.fake import FakeBackend
 
 
@@ -65,6 +66,87 @@ async def test_fake_backend_runs_many_calls_concurrently() -> None:
     start = time.monotonic()
     await asyncio.gather(*(backend.generate(req(seed=i)) for i in range(300)))
     assert time.monotonic() - start < 1.5  # 300 x 100 ms overlap: the loop never blocks
+
+
+class _Gate(Backend):
+    """Answers when its gate opens; records the name of the task of each call, in service order."""
+
+    provider = "gate"
+
+    def __init__(self) -> None:
+        super().__init__("m")
+        self.gate = asyncio.Event()
+        self.order: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        self.order.append(asyncio.current_task().get_name())
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await self.gate.wait()
+        finally:
+            self.in_flight -= 1
+        return GenerateResponse("ok")
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_freed_connection_goes_to_the_waiting_task_with_fewest_calls() -> None:
+    gate = _Gate()
+    backend = ManagedBackend(gate, max_connections=1, timeout_s=5)
+    gate.gate.set()
+    warmed, again = asyncio.Event(), asyncio.Event()
+
+    async def veteran() -> None:
+        for i in range(3):
+            await backend.generate(req(seed=i))
+        warmed.set()
+        await again.wait()
+        await backend.generate(req(seed=3))
+
+    vet = asyncio.create_task(veteran(), name="veteran")
+    await warmed.wait()
+    gate.gate.clear()
+    holder = asyncio.create_task(backend.generate(req(seed=4)), name="holder")
+    await _settle()
+    assert gate.in_flight == 1
+    again.set()
+    await _settle()  # the veteran queues first ...
+    newcomer = asyncio.create_task(backend.generate(req(seed=5)), name="newcomer")
+    await _settle()  # ... the newcomer second, but has made no call yet
+    gate.gate.set()
+    await asyncio.wait_for(asyncio.gather(vet, holder, newcomer), 5)
+    assert gate.order[3:] == ["holder", "newcomer", "veteran"]
+    assert gate.max_in_flight == 1
+
+
+async def test_a_cancelled_waiter_does_not_lose_the_connection() -> None:
+    slots = _FairSlots(1)
+    await slots.__aenter__()
+
+    async def wait_for_slot() -> None:
+        async with slots:
+            await asyncio.sleep(10)
+
+    queued = asyncio.create_task(wait_for_slot())
+    await _settle()
+    await slots.__aexit__()  # handed to the queued task ...
+    queued.cancel()  # ... which is cancelled before it runs: it must pass the slot on
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    await asyncio.wait_for(slots.__aenter__(), 1)
+    waiting = asyncio.create_task(slots.__aenter__())
+    await _settle()
+    waiting.cancel()  # cancelled while still waiting: nothing handed over, nothing lost
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await slots.__aexit__()
+    await asyncio.wait_for(slots.__aenter__(), 1)
 
 
 # -- throttles ------------------------------------------------------------------------
