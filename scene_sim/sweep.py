@@ -299,8 +299,20 @@ async def run_sweep(
                 finished_cost_episodes += 1
                 semaphore.release()
 
-        tasks: list[asyncio.Task[None]] = []
+        # Finished tasks are dropped as they end (not kept to the end), so memory stays flat in the plan's size.
+        pending: set[asyncio.Task[None]] = set()
+        crashed: list[BaseException] = []
+        launched = 0
         with _batch_gc(), _Progress(len(plan), summary.already_done, quiet=quiet, console=console) as progress:
+
+            def finished(task: asyncio.Task[None]) -> None:
+                pending.discard(task)
+                if task.cancelled():
+                    crashed.append(asyncio.CancelledError())
+                elif task.exception() is not None:
+                    crashed.append(task.exception())  # type: ignore[arg-type]
+                progress.update(progress.done + 1, _stats_line(context, summary))
+
             for ep, simulate in todo:
                 await semaphore.acquire()
                 if budget is not None and simulate:
@@ -309,7 +321,7 @@ async def run_sweep(
                     if spent + per_episode * (running + 1) > budget:
                         semaphore.release()
                         summary.budget_stopped = True
-                        summary.not_started = sum(1 for _, sim in todo[len(tasks) :] if sim)
+                        summary.not_started = sum(1 for _, sim in todo[launched:] if sim)
                         console.print(
                             f"[bold yellow]budget: ${spent:.2f} spent, ${per_episode:.3f}/episode projected; "
                             f"not starting {summary.not_started} more episodes (budget ${budget:.2f}); "
@@ -317,11 +329,11 @@ async def run_sweep(
                         )
                         break
                 running += 1
+                launched += 1
                 task = asyncio.create_task(one(ep, simulate))
-                task.add_done_callback(lambda _t: progress.update(progress.done + 1, _stats_line(context, summary)))
-                tasks.append(task)
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        crashed = [r for r in results if isinstance(r, BaseException)]
+                pending.add(task)
+                task.add_done_callback(finished)
+            await asyncio.gather(*pending, return_exceptions=True)
         if crashed:
             summary.errors += len(crashed)
             console.print(f"[red]{len(crashed)} episodes failed unexpectedly: {crashed[0]!r}[/]")

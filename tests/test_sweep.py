@@ -207,3 +207,28 @@ def test_budget_stops_new_episodes_and_lets_running_ones_finish(tmp_path, monkey
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "incomplete" and meta["sessions"][-1]["budget_stopped"]
     assert len(RunDir(out).episode_ids()) == summary.simulated
+
+
+def test_a_failed_episode_write_does_not_stop_the_sweep_and_resume_redoes_it(tmp_path, monkeypatch):
+    spec_path = _small_spec(tmp_path)
+    spec = load_spec(spec_path)
+    out = tmp_path / "run"
+    real = RunDir.awrite_episode
+    failed: list[str] = []
+
+    async def flaky(self, episode_id, events):
+        if not failed:  # the first episode to finish hits a full disk
+            failed.append(episode_id)
+            raise OSError(28, "No space left on device")
+        return await real(self, episode_id, events)
+
+    monkeypatch.setattr(RunDir, "awrite_episode", flaky)
+    summary = asyncio.run(run_sweep(spec, out, quiet=True, analyze=False))
+    assert summary.errors == 1 and summary.simulated == summary.planned - 1
+    run = RunDir(out)
+    assert failed[0] not in run.episode_ids() and len(run.episode_ids()) == summary.planned - 1
+    assert json.loads((out / "run.json").read_text())["status"] == "incomplete"
+    monkeypatch.setattr(RunDir, "awrite_episode", real)
+    again = asyncio.run(run_sweep(spec, out, resume=True, quiet=True, analyze=False))
+    assert again.simulated == 1 and again.errors == 0
+    assert failed[0] in run.episode_ids()
