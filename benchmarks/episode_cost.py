@@ -1,4 +1,4 @@
-"""Calls, input tokens and stable-prefix share per 8-turn episode (issue: sweeps benchmark b).
+"""Calls, input tokens and stable-prefix share per 8-turn episode.
 
 Every role is played by a simulated model (no latency) that answers like a
 chatty group; each episode is then judged and audited by the same model.

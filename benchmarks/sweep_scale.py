@@ -1,4 +1,4 @@
-"""Wall time and peak memory of large offline sweeps (issue: sweeps benchmark c).
+"""Wall time and peak memory of large offline sweeps.
 
 Runs the scripted subjects over the scenario bank (scripted personas,
 orchestrator and oracle judge, statistics and report at the end) for several
