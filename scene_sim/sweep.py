@@ -272,6 +272,7 @@ async def run_sweep(
                     )
                     result = await model.arun()
                     events = result.events
+                    model.dispose()  # freed now, not by a collector pass that stalls the loop
                     del model
                     await run_dir.awrite_episode(ep.episode_id, events)
                     summary.simulated += 1

@@ -216,3 +216,27 @@ def test_finished_models_are_freed_and_agent_ids_are_unique(bank):
     del m
     gc.collect()
     assert ref() is None  # nothing (mesa's per-model id counters included) keeps an episode alive
+
+
+@pytest.mark.parametrize("persona_calls", ["each", "joint"])
+def test_dispose_frees_an_episode_without_the_garbage_collector(bank, persona_calls):
+    import gc
+    import weakref
+
+    from scene_sim.context import RunContext
+
+    sc = next(iter(bank))
+    ctx = RunContext(cache_mode="off")  # model-driven personas: the joint mode builds its PersonaCast
+    kwargs = {"personas": "fake/p", "context": ctx} if persona_calls == "joint" else {}
+    gc.collect()
+    gc.disable()
+    try:
+        m = SceneModel(scenario=sc, subject="scripted/learner", seed=3, persona_calls=persona_calls, **kwargs)
+        result = asyncio.run(m.arun())
+        ref = weakref.ref(m)
+        m.dispose()
+        del m
+        assert ref() is None  # reference counting freed it: no cycle was left for the collector
+        assert result.events[-1]["kind"] == "episode_end"  # the result outlives the model
+    finally:
+        gc.enable()
