@@ -128,8 +128,13 @@ def parse_event(data: dict[str, Any]) -> Any:
     return _ADAPTER.validate_python(data)
 
 
-def iter_event_dicts(path: str | Path) -> Iterator[dict[str, Any]]:
+def iter_event_dicts(path: str | Path, *, skip: Callable[[str], bool] | None = None) -> Iterator[dict[str, Any]]:
     """Yield the raw event dicts of an episode file.
+
+    Args:
+        path: the episode's event log.
+        skip: called with each raw line; the lines it returns True for are not
+            parsed (logs are dominated by full prompts, which many readers never need).
 
     Raises:
         SceneSimError: on a line that is not JSON (file and line named).
@@ -138,7 +143,7 @@ def iter_event_dicts(path: str | Path) -> Iterator[dict[str, Any]]:
     p = Path(path)
     with p.open(encoding="utf-8") as fh:
         for no, line in enumerate(fh, start=1):
-            if not line.strip():
+            if not line.strip() or (skip is not None and skip(line)):
                 continue
             try:
                 yield loads(line)

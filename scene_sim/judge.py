@@ -41,9 +41,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
-from scene_sim._json import JSONDecodeError, loads
 from scene_sim.backends.base import GenerateRequest
 from scene_sim.errors import SceneSimError
+from scene_sim.events import iter_event_dicts
 from scene_sim.heuristics import CueReader
 from scene_sim.oracle import LABELS, TurnLabel, TurnLabeler
 from scene_sim.prompts import load_template
@@ -387,26 +387,20 @@ def _as_int(value: Any, default: Any) -> Any:
 _WANTED_KINDS = ('"episode_start"', '"action"', '"episode_end"')
 
 
-def _iter_needed_events(path: Path) -> Iterator[dict[str, Any]]:
+def _unneeded(line: str) -> bool:
     # Event logs are dominated by ``prompt`` lines (full prompts). Lines are
     # written as {"seq": .., "turn": .., "kind": "..", ...}, so the kind can be
     # read off the head of the line and unneeded lines skipped unparsed.
-    with path.open(encoding="utf-8") as fh:
-        for no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            head = line[:96]
-            k = head.find('"kind":')
-            if k >= 0:
-                rest = head[k + 7 :].lstrip()
-                if not rest.startswith(_WANTED_KINDS) and rest.startswith('"'):
-                    continue
-            try:
-                obj = loads(line)
-            except JSONDecodeError as exc:
-                raise SceneSimError(f"{path}:{no}: invalid JSON: {exc.msg}") from None
-            if isinstance(obj, dict):
-                yield obj
+    head = line[:96]
+    k = head.find('"kind":')
+    if k < 0:
+        return False
+    rest = head[k + 7 :].lstrip()
+    return rest.startswith('"') and not rest.startswith(_WANTED_KINDS)
+
+
+def _iter_needed_events(path: Path) -> Iterator[dict[str, Any]]:
+    return (obj for obj in iter_event_dicts(path, skip=_unneeded) if isinstance(obj, dict))
 
 
 def load_episode(path: str | Path, *, episode_id: str | None = None) -> Episode:

@@ -33,6 +33,7 @@ from typing import Any
 
 from scene_sim._json import JSONDecodeError, loads
 from scene_sim.errors import SceneSimError
+from scene_sim.events import iter_event_dicts
 from scene_sim.rundir import RunDir, atomic_write_text
 
 __all__ = [
@@ -113,11 +114,8 @@ def _read_events(path: Path) -> list[dict[str, Any]]:
     try:  # one parse for the whole file; line by line only to name a broken line
         events = loads("[" + ",".join(lines) + "]")
     except JSONDecodeError:
-        for no, line in enumerate(text.splitlines(), start=1):
-            try:
-                loads(line) if line.strip() else None
-            except JSONDecodeError as exc:
-                raise SceneSimError(f"{path}:{no}: invalid JSON: {exc.msg}") from None
+        for _ in iter_event_dicts(path):  # raises naming the broken line
+            pass
         raise SceneSimError(f"{path}: invalid JSON") from None
     return [e for e in events if isinstance(e, dict) and e.get("kind") not in ("prompt", "model_call")]
 

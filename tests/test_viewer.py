@@ -230,9 +230,11 @@ def test_broken_episode_is_a_warning_not_a_crash(tmp_path, built):
     eid = copy.episode_ids()[0]
     with copy.episode_path(eid).open("a", encoding="utf-8") as fh:
         fh.write("{not json\n")
+    broken_line = len(copy.episode_path(eid).read_text(encoding="utf-8").splitlines())
     data = collect_viewer_data(copy.path)
     assert len(data["episodes"]) == 5
     assert any(eid in w for w in data["warnings"])
+    assert any(f"{eid}.jsonl:{broken_line}: invalid JSON" in w for w in data["warnings"])  # the line is named
 
 
 def test_out_option_and_errors(tmp_path, built, capsys):
