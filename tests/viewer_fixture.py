@@ -23,30 +23,11 @@ from typing import Any
 
 from scene_sim import SceneModel
 from scene_sim._catalog import scenario_source
+from scene_sim.analysis import CSV_COLUMNS
 from scene_sim.rundir import RunDir
 
 SUBJECTS = ("scripted/learner", "scripted/always-message")
 XSS = '<script>alert("xss")</script></script><!-- <img src=x onerror=alert(1)> & "quotes"'
-CSV_COLUMNS = [
-    "episode_id",
-    "subject",
-    "event",
-    "norm",
-    "elicitor",
-    "sanction",
-    "precedent",
-    "rep",
-    "seed",
-    "end_reason",
-    "demonstrations",
-    "breaches",
-    "sanctions",
-    "repairs",
-    "repaired",
-    "x_e",
-    "y_e",
-    "validity",
-]
 
 
 def pick_scenarios() -> list[str]:
