@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 
 from scene_sim.scenario import load_scenarios
@@ -27,3 +30,36 @@ def taxonomy():
 @pytest.fixture(scope="session")
 def bank(taxonomy):
     return load_scenarios(taxonomy=taxonomy)
+
+
+class LoopTicks:
+    """Counts the turns of a background ticker task: proof that the event loop was not blocked.
+
+    ``async with loop_ticks(0.01) as ticks: ...`` then ``ticks.count``.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.count = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            self.count += 1
+            await asyncio.sleep(self.interval_s)
+
+    async def __aenter__(self) -> LoopTicks:
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@pytest.fixture
+def loop_ticks() -> type[LoopTicks]:
+    """The :class:`LoopTicks` class, for tests that check the event loop keeps running."""
+    return LoopTicks

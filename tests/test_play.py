@@ -95,17 +95,9 @@ def test_chat_text_is_never_rich_markup():
 
 
 # -- the reader -----------------------------------------------------------------------------------------
-async def test_reader_does_not_block_the_event_loop():
+async def test_reader_does_not_block_the_event_loop(loop_ticks):
     r, w = os.pipe()
     reader = AsyncLineReader(os.fdopen(r, "r", encoding="utf-8"))
-    ticks = 0
-    stop = asyncio.Event()
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not stop.is_set():
-            ticks += 1
-            await asyncio.sleep(0.01)
 
     def write_later() -> None:
         time.sleep(0.3)
@@ -115,16 +107,14 @@ async def test_reader_does_not_block_the_event_loop():
         os.write(w, b"no newline at the end")
         os.close(w)
 
-    task = asyncio.create_task(ticker())
     threading.Thread(target=write_later, daemon=True).start()
-    assert await asyncio.wait_for(reader.readline(), 10) == "first line"
-    assert ticks >= 5  # the loop kept running while the reader waited
+    async with loop_ticks(0.01) as ticks:
+        assert await asyncio.wait_for(reader.readline(), 10) == "first line"
+        assert ticks.count >= 5  # the loop kept running while the reader waited
     assert await asyncio.wait_for(reader.readline(), 10) == "second line 👍"
     assert await asyncio.wait_for(reader.readline(), 10) == "no newline at the end"
     assert await asyncio.wait_for(reader.readline(), 10) is None
     assert await reader.readline() is None
-    stop.set()
-    await task
 
 
 async def test_a_cancelled_read_is_picked_up_by_the_next_one():

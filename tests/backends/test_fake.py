@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -74,17 +73,8 @@ async def test_fake_latency_and_tokens() -> None:
     assert resp.text == "hi!" and resp.usage.input_tokens == 12 and resp.usage.output_tokens == 1
 
 
-async def test_fake_does_not_block_the_loop() -> None:
+async def test_fake_does_not_block_the_loop(loop_ticks) -> None:
     backend = create_backend("fake/m?latency_ms=200", cache_mode="off")
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.01)
-
-    task = asyncio.create_task(ticker())
-    await backend.generate(GenerateRequest(messages=({"role": "user", "content": "x"},)))
-    task.cancel()
-    assert ticks >= 10
+    async with loop_ticks(0.01) as ticks:
+        await backend.generate(GenerateRequest(messages=({"role": "user", "content": "x"},)))
+    assert ticks.count >= 10

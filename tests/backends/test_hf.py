@@ -368,29 +368,18 @@ def test_schema_subset_compiles() -> None:
     assert isinstance(node.props[1][1], guided.Nullable)
 
 
-async def test_concurrent_requests_are_batched_and_loop_stays_free(backend: HFBackend) -> None:
-    ticks = 0
-    stop = asyncio.Event()
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not stop.is_set():
-            ticks += 1
-            await asyncio.sleep(0.001)
-
+async def test_concurrent_requests_are_batched_and_loop_stays_free(backend: HFBackend, loop_ticks) -> None:
     before = dict(backend.stats.op_batches)
-    task = asyncio.create_task(ticker())
     requests = [_req(system=f"agent {i}", max_tokens=40, stop=()) for i in range(6)]
     requests += [_req(system=f"agent {i}", schema=ACTION_SCHEMA, max_tokens=30) for i in range(3)]
     requests += [_req(system=f"agent {i}", choices=("message", "react", "no-op")) for i in range(3)]
-    responses = await asyncio.gather(*(backend.generate(r) for r in requests))
-    stop.set()
-    await task
+    async with loop_ticks(0.001) as ticks:
+        responses = await asyncio.gather(*(backend.generate(r) for r in requests))
     assert len(responses) == len(requests)
     new = {k: v - before.get(k, 0) for k, v in backend.stats.op_batches.items() if v - before.get(k, 0)}
     assert max(n for (_, n) in new) > 1, new
     assert backend.stats.max_requests_per_op > 1
-    assert ticks > 20  # the event loop kept running while the worker decoded
+    assert ticks.count > 20  # the event loop kept running while the worker decoded
 
 
 async def test_prefix_cache_reuse_is_exact(tiny_dir: Path) -> None:
