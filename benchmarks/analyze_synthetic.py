@@ -2,7 +2,7 @@
 
 Two modes:
 
-* ``memory`` (default): N compact :class:`~scene_sim.collect.EpisodeSummary`
+* ``memory`` (default): N compact :class:`~scene_sim.studies.scene.collect.EpisodeSummary`
   records are generated in memory (not timed), then the statistics
   (``compute_metrics``: Wilson CIs, repair windows, Spearman rho with a
   2000-resample bootstrap per model, compliance per pole, fidelity) and the
@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from scene_sim.analysis import analyze_run, write_outputs
-from scene_sim.collect import EpisodeSummary
 from scene_sim.rundir import RunDir
-from scene_sim.stats import compute_metrics
-from scene_sim.taxonomy import load_taxonomy
+from scene_sim.studies.scene.analysis import analyze_run, write_outputs
+from scene_sim.studies.scene.collect import EpisodeSummary
+from scene_sim.studies.scene.stats import compute_metrics
+from scene_sim.studies.scene.taxonomy import load_taxonomy
 
 MODELS = (
     "anthropic/claude-opus-4-7", "google/gemini-3.1-pro", "openai/qwen2.5-72b", "openai/llama-3.3-70b",

@@ -23,11 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _sim import SimModel
 
-from scene_sim import SceneModel
-from scene_sim._catalog import scenario_source
-from scene_sim.analysis import judge_episode
 from scene_sim.backends import GenerateRequest, GenerateResponse
 from scene_sim.context import RunContext
+from scene_sim.studies.scene import SceneModel
+from scene_sim.studies.scene._catalog import scenario_source
+from scene_sim.studies.scene.analysis import judge_episode
 
 
 class Recording(SimModel):

@@ -10,7 +10,7 @@ Measures, in one process:
   (``asyncio.gather``) that the worker batches; wall-clock, prefill included,
   counting the tokens the model actually generated;
 * the share of valid actions over N agent decisions made the way
-  ``scene_sim.agents`` does with a local model (score ``message`` / ``react``
+  ``scene_sim.studies.scene.agents`` does with a local model (score ``message`` / ``react``
   / ``no-op``, then generate the message content or score the reaction target
   and emoji), run 8 agents at a time; and the same decisions as one guided
   ``schema`` request each (ACTION_SCHEMA), reported as schema-valid share and
@@ -79,7 +79,7 @@ def _scene(i: int) -> tuple[str, list[dict[str, str]], list[int]]:
 
 
 async def _decide(backend: Any, i: int) -> tuple[bool, str]:
-    """One decision as ``scene_sim.agents`` makes it with a local model; returns (valid, kind).
+    """One decision as ``scene_sim.studies.scene.agents`` makes it with a local model; returns (valid, kind).
 
     Score the three actions (as the opening of the action object), then either
     generate the message content after a prefilled ``"content": "`` or score

@@ -26,8 +26,8 @@ from _sim import SimModel
 from scene_sim.context import RunContext
 from scene_sim.events import iter_event_dicts
 from scene_sim.rundir import RunDir
-from scene_sim.spec import SweepSpec
-from scene_sim.sweep import run_sweep
+from scene_sim.studies.scene.spec import SweepSpec
+from scene_sim.studies.scene.sweep import run_sweep
 
 
 async def main(episodes: int, connections: int, latency: float, concurrency: int, persona_calls: str) -> dict:

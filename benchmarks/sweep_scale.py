@@ -31,9 +31,9 @@ SUBJECTS = [
 
 
 def inner(episodes: int, out: str) -> dict:
-    from scene_sim._catalog import scenario_source
-    from scene_sim.spec import SweepSpec
-    from scene_sim.sweep import run_sweep
+    from scene_sim.studies.scene._catalog import scenario_source
+    from scene_sim.studies.scene.spec import SweepSpec
+    from scene_sim.studies.scene.sweep import run_sweep
 
     per_rep = len(scenario_source()) * len(SUBJECTS)
     spec = SweepSpec.model_validate(

@@ -1,37 +1,27 @@
-"""scene-sim: agent-based simulation of group chats with LLM agents.
+"""scene-sim: agent-based simulation of group chats and conversations with LLM agents.
 
-The public API; everything else lives in modules and private ``_modules``.
+The core's public API: the chat world and typed actions, the agent and
+model bases, backends and run context, and the study plugin interface.
+The studies live under :mod:`scene_sim.studies` (``scene``, ``clca``,
+``normgenesis``) and are found through entry points, never imported here.
 """
 
-__version__ = "0.1.0"
-
+from scene_sim._version import __version__
 from scene_sim.actions import Message, NoOp, React
-from scene_sim.agents import ChatAgent, Decision, Orchestrator, ScriptedPersona, Subject
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
-from scene_sim.model import SceneModel
-from scene_sim.policies import register_policy
-from scene_sim.scenario import Scenario, load_scenarios
-from scene_sim.taxonomy import SceneTuple, Taxonomy, load_taxonomy, sample_tuples
+from scene_sim.plugins import CommandGroup, Study
+from scene_sim.world import ChatTurn, ChatWorld
 
 __all__ = [
-    "ChatAgent",
-    "Decision",
+    "ChatTurn",
+    "ChatWorld",
+    "CommandGroup",
     "Message",
     "NoOp",
-    "Orchestrator",
     "React",
     "RunContext",
-    "Scenario",
-    "SceneModel",
     "SceneSimError",
-    "SceneTuple",
-    "ScriptedPersona",
-    "Subject",
-    "Taxonomy",
+    "Study",
     "__version__",
-    "load_scenarios",
-    "load_taxonomy",
-    "register_policy",
-    "sample_tuples",
 ]

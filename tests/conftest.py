@@ -5,8 +5,8 @@ import contextlib
 
 import pytest
 
-from scene_sim.scenario import load_scenarios
-from scene_sim.taxonomy import load_taxonomy
+from scene_sim.studies.scene.scenario import load_scenarios
+from scene_sim.studies.scene.taxonomy import load_taxonomy
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from scene_sim._catalog import scenario_source
-from scene_sim.analysis import CSV_COLUMNS, analyze_run, judge_episode
 from scene_sim.backends.base import BackendError, GenerateRequest
 from scene_sim.cli import main
-from scene_sim.collect import run_streams, summarize
 from scene_sim.errors import SceneSimError
-from scene_sim.judge import Episode, OracleJudge
-from scene_sim.model import SceneModel
 from scene_sim.rundir import RunDir
-from scene_sim.stats import compute_metrics
+from scene_sim.studies.scene._catalog import scenario_source
+from scene_sim.studies.scene.analysis import CSV_COLUMNS, analyze_run, judge_episode
+from scene_sim.studies.scene.collect import run_streams, summarize
+from scene_sim.studies.scene.judge import Episode, OracleJudge
+from scene_sim.studies.scene.model import SceneModel
+from scene_sim.studies.scene.stats import compute_metrics
 
 from .fixtures.builders import HAND, VALID, CannedBackend, build_events
 
@@ -244,7 +244,7 @@ def test_judge_episode_is_what_analyze_run_writes(tmp_path: Path) -> None:
 
 _PARALLEL = """
 import asyncio, concurrent.futures, json, sys
-import scene_sim.analysis as analysis
+import scene_sim.studies.scene.analysis as analysis
 from scene_sim.rundir import RunDir
 pools = []
 class SpyPool(concurrent.futures.ProcessPoolExecutor):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scene_sim.checks import lint_scenario
-from scene_sim.scenario import load_scenarios
+from scene_sim.studies.scene.checks import lint_scenario
+from scene_sim.studies.scene.scenario import load_scenarios
 
 
 def test_bank_size_and_cast(bank):

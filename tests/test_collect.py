@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from scene_sim.collect import (
+from scene_sim.studies.scene.collect import (
     STREAMS,
     EpisodeStreams,
     StreamEvent,
@@ -17,9 +17,9 @@ from scene_sim.collect import (
     summarize,
     to_datacollector,
 )
-from scene_sim.judge import Episode, OracleJudge, labels_from_dicts, load_episode
-from scene_sim.model import STREAM_TABLES, SceneModel
-from scene_sim.oracle import TurnLabel
+from scene_sim.studies.scene.judge import Episode, OracleJudge, labels_from_dicts, load_episode
+from scene_sim.studies.scene.model import STREAM_TABLES, SceneModel
+from scene_sim.studies.scene.oracle import TurnLabel
 
 from .fixtures.builders import HAND, LONG, build_events
 

@@ -12,19 +12,19 @@ from typing import Any
 
 import pytest
 
-import scene_sim.generate as gen
+import scene_sim.studies.scene.generate as gen
 from scene_sim.backends.base import Backend, BackendError, GenerateRequest, GenerateResponse
-from scene_sim.checks import lint_scenario
 from scene_sim.errors import SceneSimError
-from scene_sim.generate import (
+from scene_sim.studies.scene.checks import lint_scenario
+from scene_sim.studies.scene.generate import (
     REJECTION_REASONS,
     generate_scenarios,
     hidden_schema,
     plan_scenarios,
     scaffold_schema,
 )
-from scene_sim.scenario import Scenario, load_scenarios
-from scene_sim.taxonomy import SceneTuple
+from scene_sim.studies.scene.scenario import Scenario, load_scenarios
+from scene_sim.studies.scene.taxonomy import SceneTuple
 
 # Bank scenarios whose (event, elicitor) pair is unique among these picks, so a
 # norm-blind stage-1 request identifies one of them. Both precedent values,

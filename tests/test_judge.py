@@ -11,7 +11,7 @@ import pytest
 
 from scene_sim.backends.base import Backend, BackendError, GenerateRequest
 from scene_sim.errors import SceneSimError
-from scene_sim.judge import (
+from scene_sim.studies.scene.judge import (
     JUDGE_OUTPUT_SCHEMA,
     Episode,
     HeuristicJudge,
@@ -28,8 +28,8 @@ from scene_sim.judge import (
     parse_judge_output,
     render_judge_transcript,
 )
-from scene_sim.model import SceneModel
-from scene_sim.oracle import TurnLabel
+from scene_sim.studies.scene.model import SceneModel
+from scene_sim.studies.scene.oracle import TurnLabel
 
 from .fixtures.builders import HAND, LONG, VALID, CannedBackend, ChoiceBackend, build_events
 

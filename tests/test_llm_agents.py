@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from scene_sim import SceneModel
 from scene_sim.backends import Backend, BackendError, Capabilities, GenerateRequest, GenerateResponse, Usage
 from scene_sim.context import RunContext
+from scene_sim.studies.scene import SceneModel
 
 from .eventlog_rules import check_episode
 

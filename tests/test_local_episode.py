@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from scene_sim.runner import run_episode
+from scene_sim.studies.scene.runner import run_episode
 
 from .eventlog_rules import check_episode
 

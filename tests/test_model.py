@@ -9,9 +9,9 @@ import re
 import mesa
 import pytest
 
-from scene_sim import SceneModel
 from scene_sim.errors import SceneSimError
-from scene_sim.scenario import parse_line
+from scene_sim.studies.scene import SceneModel
+from scene_sim.studies.scene.scenario import parse_line
 
 from .eventlog_rules import check_episode
 

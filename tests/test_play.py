@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from scene_sim._catalog import scenario_source, taxonomy_at
 from scene_sim.actions import Message, NoOp, React
-from scene_sim.play import QUIT_ERROR, AsyncLineReader, parse_command, play_episode
 from scene_sim.rundir import RunDir
+from scene_sim.studies.scene._catalog import scenario_source, taxonomy_at
+from scene_sim.studies.scene.play import QUIT_ERROR, AsyncLineReader, parse_command, play_episode
 from scene_sim.world import ChatTurn
 
 from .eventlog_rules import check_episode
@@ -84,7 +84,7 @@ def test_no_reactions_in_a_chat_without_them():
 
 
 def test_chat_text_is_never_rich_markup():
-    from scene_sim.play import PlayerChat
+    from scene_sim.studies.scene.play import PlayerChat
 
     out = io.StringIO()
     chat = PlayerChat(Console(file=out, width=200, color_system=None))
@@ -252,7 +252,17 @@ def test_play_through_a_pseudo_terminal(tmp_path):
         pytest.skip("needs a POSIX pseudo-terminal")
     out = tmp_path / "run"
     game = _Pty(
-        [sys.executable, "-m", "scene_sim.play", "--scenario", SCENARIO, "--out", str(out), "--cache", "off"],
+        [
+            sys.executable,
+            "-m",
+            "scene_sim.studies.scene.play",
+            "--scenario",
+            SCENARIO,
+            "--out",
+            str(out),
+            "--cache",
+            "off",
+        ],
         cwd=tmp_path,
     )
     prompt = "Julian › "
@@ -289,7 +299,7 @@ def test_play_through_a_pseudo_terminal(tmp_path):
     ]
     assert mine[-1]["meta"]["quit"] is True
     _check_log(events, max_turns=8)
-    if importlib.util.find_spec("scene_sim.analysis") is not None:
+    if importlib.util.find_spec("scene_sim.studies.scene.analysis") is not None:
         # judged and analysed like a model's episode
         (eid,) = rd.episode_ids()
         assert rd.label_path(eid).exists()

@@ -8,8 +8,8 @@ import scipy.stats
 from statsmodels.stats.inter_rater import cohens_kappa as sm_kappa
 from statsmodels.stats.proportion import proportion_confint
 
-from scene_sim.collect import EpisodeSummary
-from scene_sim.stats import (
+from scene_sim.studies.scene.collect import EpisodeSummary
+from scene_sim.studies.scene.stats import (
     cohen_kappa,
     compute_metrics,
     episode_repair,

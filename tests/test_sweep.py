@@ -18,8 +18,8 @@ from scene_sim.backends import Backend, GenerateRequest, GenerateResponse, Usage
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
 from scene_sim.rundir import RunDir
-from scene_sim.spec import SweepSpec, load_spec
-from scene_sim.sweep import plan_episodes, run_sweep
+from scene_sim.studies.scene.spec import SweepSpec, load_spec
+from scene_sim.studies.scene.sweep import plan_episodes, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

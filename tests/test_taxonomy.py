@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from scene_sim.errors import SceneSimError
-from scene_sim.taxonomy import AXES, default_taxonomy_dir, load_taxonomy, sample_tuples
+from scene_sim.studies.scene.taxonomy import AXES, default_taxonomy_dir, load_taxonomy, sample_tuples
 
 
 def test_counts_match_the_contract(taxonomy):
@@ -59,7 +59,7 @@ def test_valid_tuples_pass_the_filter(taxonomy):
 
 
 def test_scripted_templates_read_as_their_pole(taxonomy):
-    from scene_sim.heuristics import CueReader
+    from scene_sim.studies.scene.heuristics import CueReader
     from scene_sim.world import ChatTurn
 
     reader = CueReader(taxonomy)

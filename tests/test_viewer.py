@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from scene_sim._catalog import scenario_source, taxonomy_at
 from scene_sim.errors import SceneSimError
 from scene_sim.events import read_events
 from scene_sim.rundir import RunDir
-from scene_sim.viewer import DATA_ELEMENT_ID, collect_viewer_data, main, write_viewer
+from scene_sim.studies.scene._catalog import scenario_source, taxonomy_at
+from scene_sim.studies.scene.viewer import DATA_ELEMENT_ID, collect_viewer_data, main, write_viewer
 
 from .viewer_fixture import XSS, shared_run, shared_synthetic_viewer
 

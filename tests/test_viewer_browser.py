@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from scene_sim._catalog import taxonomy_at
-from scene_sim.viewer import write_viewer
+from scene_sim.studies.scene._catalog import taxonomy_at
+from scene_sim.studies.scene.viewer import write_viewer
 
 from .viewer_fixture import XSS, shared_run, shared_synthetic_viewer
 

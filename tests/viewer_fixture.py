@@ -3,7 +3,7 @@
 ``build_run`` simulates a few real offline episodes (scripted personas,
 orchestrator and subjects) and writes the run directory per the DESIGN
 contract: run.json, episodes/, labels/, episodes.csv and metrics.json. When
-``scene_sim.analysis.analyze_run`` is available it writes labels, csv and
+``scene_sim.studies.scene.analysis.analyze_run`` is available it writes labels, csv and
 metrics; otherwise minimal contract files are written here (labels from the
 runtime's oracle labeller).
 
@@ -21,10 +21,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from scene_sim import SceneModel
-from scene_sim._catalog import scenario_source
-from scene_sim.analysis import CSV_COLUMNS
 from scene_sim.rundir import RunDir
+from scene_sim.studies.scene import SceneModel
+from scene_sim.studies.scene._catalog import scenario_source
+from scene_sim.studies.scene.analysis import CSV_COLUMNS
 
 SUBJECTS = ("scripted/learner", "scripted/always-message")
 XSS = '<script>alert("xss")</script></script><!-- <img src=x onerror=alert(1)> & "quotes"'
@@ -162,8 +162,8 @@ def build_run(path: Path, *, max_turns: int = 4) -> dict[str, Any]:
     )
     used_analysis = False
     try:
-        from scene_sim.analysis import analyze_run  # type: ignore[import-not-found]
         from scene_sim.context import RunContext
+        from scene_sim.studies.scene.analysis import analyze_run  # type: ignore[import-not-found]
 
         async def go() -> None:
             ctx = RunContext(cache_mode="off")
@@ -259,7 +259,7 @@ def shared_synthetic_viewer(base: Path, n: int = 6000) -> Path:
     """The viewer of :func:`shared_synthetic`'s run, written once per test session."""
     key = f"synthetic-viewer-{n}"
     if key not in _BUILT:
-        from scene_sim.viewer import write_viewer
+        from scene_sim.studies.scene.viewer import write_viewer
 
         _BUILT[key] = write_viewer(shared_synthetic(base, n).path)
     return _BUILT[key]

@@ -12,7 +12,7 @@ import time
 
 from rich.console import Console
 
-from scene_sim.display import LiveTranscript, print_summary, print_transcript
+from scene_sim.studies.scene.display import LiveTranscript, print_summary, print_transcript
 
 __all__ = ["DEMO_SCENARIO", "run_demo"]
 
@@ -32,7 +32,7 @@ def run_demo(
     console: Console | None = None,
 ) -> int:
     """Run the demo episode into ``out``; returns the exit status."""
-    from scene_sim.runner import run_episode
+    from scene_sim.studies.scene.runner import run_episode
 
     console = console or Console()
     scenario = scenario or DEMO_SCENARIO

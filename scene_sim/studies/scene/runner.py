@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scene_sim import __version__
+from scene_sim._version import __version__
 from scene_sim.context import RunContext
-from scene_sim.model import EpisodeResult, SceneModel
 from scene_sim.rundir import RunDir, package_versions
+from scene_sim.studies.scene.model import EpisodeResult, SceneModel
 
 __all__ = ["RunOutcome", "run_episode"]
 
@@ -105,7 +105,7 @@ async def run_episode(
         run_dir.write_episode(result.episode_id, result.events)
         analysis = None
         if analyze and judge is not None:
-            from scene_sim.analysis import analyze_run
+            from scene_sim.studies.scene.analysis import analyze_run
 
             analysis = await analyze_run(run_dir, judge=judge, context=context)
         run_dir.write_run(

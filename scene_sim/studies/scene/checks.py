@@ -8,9 +8,9 @@ and the scenario generator both use it.
 
 from __future__ import annotations
 
-from scene_sim.heuristics import CueReader
-from scene_sim.scenario import Scenario, parse_line
-from scene_sim.taxonomy import Taxonomy
+from scene_sim.studies.scene.heuristics import CueReader
+from scene_sim.studies.scene.scenario import Scenario, parse_line
+from scene_sim.studies.scene.taxonomy import Taxonomy
 from scene_sim.world import ChatTurn
 
 __all__ = ["lint_scenario"]

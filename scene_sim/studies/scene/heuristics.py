@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from scene_sim.taxonomy import Cue, Taxonomy
+from scene_sim.studies.scene.taxonomy import Cue, Taxonomy
 from scene_sim.world import ChatTurn
 
 __all__ = ["CueReader", "Stance", "content_words", "word_count"]

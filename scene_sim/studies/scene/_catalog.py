@@ -9,8 +9,8 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from scene_sim.scenario import ScenarioBank, load_scenarios
-from scene_sim.taxonomy import Taxonomy, load_taxonomy
+from scene_sim.studies.scene.scenario import ScenarioBank, load_scenarios
+from scene_sim.studies.scene.taxonomy import Taxonomy, load_taxonomy
 
 __all__ = ["scenario_source", "taxonomy_at"]
 

@@ -14,7 +14,7 @@ event log's ``turn``) and its chat ``turn_id``. :func:`summarize` reduces an
 episode to a compact :class:`EpisodeSummary`, the only thing the statistics
 need; :func:`streams_table` / :func:`streams_dataframe` give a tidy table
 over many episodes, and :func:`to_datacollector` loads one episode's streams
-into a Mesa ``DataCollector`` shaped like :class:`~scene_sim.model.SceneModel`'s.
+into a Mesa ``DataCollector`` shaped like :class:`~scene_sim.studies.scene.model.SceneModel`'s.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from scene_sim.judge import Episode, labels_from_dicts, load_episode
-from scene_sim.oracle import TurnLabel
+from scene_sim.studies.scene.judge import Episode, labels_from_dicts, load_episode
+from scene_sim.studies.scene.oracle import TurnLabel
 
 if TYPE_CHECKING:
     import mesa
@@ -45,7 +45,7 @@ __all__ = [
     "to_datacollector",
 ]
 
-#: Stream letter -> DataCollector table name (see ``scene_sim.model.STREAM_TABLES``).
+#: Stream letter -> DataCollector table name (see ``scene_sim.studies.scene.model.STREAM_TABLES``).
 STREAMS = {"D": "demonstrations", "B": "breaches", "S": "sanctions", "R": "repairs"}
 
 
@@ -357,14 +357,14 @@ def streams_dataframe(items: Iterable[tuple[Episode, EpisodeStreams]]) -> pd.Dat
 def to_datacollector(streams: EpisodeStreams, tables: Mapping[str, Sequence[str]] | None = None) -> mesa.DataCollector:
     """Load one episode's streams into a Mesa ``DataCollector``.
 
-    The tables are named and shaped like :data:`scene_sim.model.STREAM_TABLES`
+    The tables are named and shaped like :data:`scene_sim.studies.scene.model.STREAM_TABLES`
     (``demonstrations``, ``breaches``, ``sanctions``, ``repairs``), so code
-    written against a live :class:`~scene_sim.model.SceneModel`'s collector
+    written against a live :class:`~scene_sim.studies.scene.model.SceneModel`'s collector
     (``get_table_dataframe("breaches")``) works on a re-judged episode.
     """
     import mesa
 
-    from scene_sim.model import STREAM_TABLES
+    from scene_sim.studies.scene.model import STREAM_TABLES
 
     layout = {k: list(v) for k, v in (tables or STREAM_TABLES).items()}
     dc = mesa.DataCollector(tables=layout)

@@ -43,7 +43,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from scene_sim.context import CACHE_MODES
 from scene_sim.errors import SceneSimError, suggest
 from scene_sim.modelspec import ModelSpec
-from scene_sim.taxonomy import SceneTuple, Taxonomy
+from scene_sim.studies.scene.taxonomy import SceneTuple, Taxonomy
 
 __all__ = ["SweepSpec", "load_spec"]
 

@@ -26,7 +26,7 @@ wrong) and every rejection is counted by reason:
                        read as a breach
 ``sanction_modality``  sanction lines that do not take the assigned modality
 ``demonstration``      in-register lines that breach the norm, or too few that
-                       show it (:func:`~scene_sim.checks.lint_scenario`)
+                       show it (:func:`~scene_sim.studies.scene.checks.lint_scenario`)
 ``lint``               any other problem :func:`lint_scenario` reports
 ``backend``            the model call failed after the backend's own retries
 ``error``              an unexpected error while checking an output (a bug)
@@ -36,7 +36,7 @@ wrong) and every rejection is counted by reason:
 generates ``reps`` scenarios per tuple concurrently and appends each
 accepted scenario to a ``.jsonl`` file (one line, flushed and fsynced), so an
 interrupted run resumes where it stopped. The file loads with
-:func:`scene_sim.scenario.load_scenarios`.
+:func:`scene_sim.studies.scene.scenario.load_scenarios`.
 
 Requests are deterministic functions of the tuple, the seed, the replicate
 index and the attempt, so the response cache reproduces a run with no
@@ -62,11 +62,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from scene_sim.backends._managed import decode_json
 from scene_sim.backends.base import Backend, BackendError, GenerateRequest, GenerateResponse
-from scene_sim.checks import lint_scenario
 from scene_sim.errors import SceneSimError
 from scene_sim.prompts import load_template
-from scene_sim.scenario import Scaffold, Scenario, parse_line, scaffold_leaks
-from scene_sim.taxonomy import Cue, SceneTuple, Taxonomy, load_taxonomy, sample_tuples
+from scene_sim.studies.scene.checks import lint_scenario
+from scene_sim.studies.scene.scenario import Scaffold, Scenario, parse_line, scaffold_leaks
+from scene_sim.studies.scene.taxonomy import Cue, SceneTuple, Taxonomy, load_taxonomy, sample_tuples
 
 if TYPE_CHECKING:
     from scene_sim.backends._managed import ManagedBackend
@@ -1110,7 +1110,7 @@ async def generate_scenarios(
 ) -> GenerateSummary:
     """Generate ``tuples`` x ``reps`` scenarios into the ``.jsonl`` file ``out``.
 
-    Tuples come from :func:`~scene_sim.taxonomy.sample_tuples` (``seed``);
+    Tuples come from :func:`~scene_sim.studies.scene.taxonomy.sample_tuples` (``seed``);
     scenario ``rep`` of a tuple sends ``replicate=rep`` so the response cache
     keeps repetitions apart. Scenarios already in ``out`` are skipped by id
     (resume), and each new one is appended as one line (flush + fsync).

@@ -2,7 +2,7 @@
 
 They let a whole episode run with no model at all, deterministically for a
 seed, and they are the worked examples of subclassing an agent: each one
-overrides :meth:`~scene_sim.agents.ChatAgent.decide` and nothing else (plus
+overrides :meth:`~scene_sim.studies.scene.agents.ChatAgent.decide` and nothing else (plus
 its own state). Register your own with :func:`register_policy` and use it as
 ``scripted/<name>``.
 
@@ -24,7 +24,8 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from scene_sim.actions import Message, NoOp, React
-from scene_sim.agents import (
+from scene_sim.errors import SceneSimError, suggest
+from scene_sim.studies.scene.agents import (
     REACTION_EMOJI,
     Decision,
     Orchestrator,
@@ -35,11 +36,10 @@ from scene_sim.agents import (
     Subject,
     SubjectView,
 )
-from scene_sim.errors import SceneSimError, suggest
-from scene_sim.heuristics import CueReader
-from scene_sim.oracle import SANCTION_REACH
-from scene_sim.scenario import parse_line
-from scene_sim.taxonomy import Norm
+from scene_sim.studies.scene.heuristics import CueReader
+from scene_sim.studies.scene.oracle import SANCTION_REACH
+from scene_sim.studies.scene.scenario import parse_line
+from scene_sim.studies.scene.taxonomy import Norm
 from scene_sim.world import ChatTurn
 
 __all__ = [

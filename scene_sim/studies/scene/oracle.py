@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scene_sim.heuristics import CueReader
-from scene_sim.taxonomy import Taxonomy
+from scene_sim.studies.scene.heuristics import CueReader
+from scene_sim.studies.scene.taxonomy import Taxonomy
 from scene_sim.world import ChatTurn
 
 __all__ = ["LABELS", "TurnLabel", "TurnLabeler"]

@@ -22,10 +22,10 @@ run to any of the runtime's own ends.
 Input is read in a daemon thread, so the event loop keeps running (model
 personas keep talking to their backends) while the player types. The
 episode is logged like any other, with ``models.subject = "human"``, into a
-normal run directory (:func:`scene_sim.runner.run_episode`), so human
+normal run directory (:func:`scene_sim.studies.scene.runner.run_episode`), so human
 baselines are judged and analysed exactly as models are.
 
-Run it as ``scene-sim play --scenario ID`` or ``python -m scene_sim.play``.
+Run it as ``scene-sim play --scenario ID`` or ``python -m scene_sim.studies.scene.play``.
 """
 
 from __future__ import annotations
@@ -50,11 +50,11 @@ from rich.console import Console
 from rich.text import Text
 
 from scene_sim.actions import MAX_MESSAGE_CHARS, Action, Message, NoOp, React
-from scene_sim.agents import Decision, Subject, SubjectView
+from scene_sim.studies.scene.agents import Decision, Subject, SubjectView
 from scene_sim.world import ChatTurn
 
 if TYPE_CHECKING:
-    from scene_sim.runner import RunOutcome
+    from scene_sim.studies.scene.runner import RunOutcome
 
 __all__ = [
     "EMOJI_ALIASES",
@@ -103,7 +103,7 @@ _REASONS = {
     "after_action": "someone just posted; your turn",
     "floor_open": "nobody else said anything this round; the floor is open",
 }
-# Actor colours as in scene_sim.display (the player is bold white).
+# Actor colours as in scene_sim.studies.scene.display (the player is bold white).
 _PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_red")
 
 
@@ -418,7 +418,7 @@ class HumanSubject(Subject):
     def on_posted(self, turn: ChatTurn | None, decision: Decision) -> None:
         """End the episode (reason ``error``, :data:`QUIT_ERROR`) once the quitting no-op is logged."""
         if self.quitting:
-            from scene_sim.model import EpisodeError
+            from scene_sim.studies.scene.model import EpisodeError
 
             raise EpisodeError(QUIT_ERROR)
 
@@ -426,7 +426,7 @@ class HumanSubject(Subject):
 # -- running ----------------------------------------------------------------------------------------------
 def _analysis_available() -> bool:
     try:
-        return importlib.util.find_spec("scene_sim.analysis") is not None
+        return importlib.util.find_spec("scene_sim.studies.scene.analysis") is not None
     except (ImportError, ValueError):
         return False
 
@@ -461,10 +461,10 @@ async def play_episode(
         console: where the chat is printed (default stdout).
 
     Returns:
-        The :class:`scene_sim.runner.RunOutcome`.
+        The :class:`scene_sim.studies.scene.runner.RunOutcome`.
 
     """
-    from scene_sim.runner import run_episode
+    from scene_sim.studies.scene.runner import run_episode
 
     chat = PlayerChat(console)
     reader = AsyncLineReader(stdin)
@@ -529,7 +529,7 @@ def run_play(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m scene_sim.play --scenario ID [--out DIR] ...``: the same as ``scene-sim play``."""
+    """``python -m scene_sim.studies.scene.play --scenario ID [--out DIR] ...``: the same as ``scene-sim play``."""
     from scene_sim.cli import main as cli_main
 
     return cli_main(["play", *(sys.argv[1:] if argv is None else argv)])

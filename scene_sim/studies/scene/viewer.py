@@ -156,7 +156,7 @@ class _ScenarioLookup:
 
     def _bank(self, source: str | None) -> Any:
         if source not in self._banks:
-            from scene_sim._catalog import scenario_source
+            from scene_sim.studies.scene._catalog import scenario_source
 
             try:
                 self._banks[source] = scenario_source(source, self.taxonomy_dir)
@@ -177,7 +177,7 @@ class _ScenarioLookup:
 
 
 def _taxonomy(spec: dict[str, Any]) -> Any:
-    from scene_sim._catalog import taxonomy_at
+    from scene_sim.studies.scene._catalog import taxonomy_at
 
     directory = spec.get("taxonomy") if isinstance(spec.get("taxonomy"), str) else None
     try:
@@ -440,7 +440,7 @@ def _embed_json(data: Any) -> str:
 
 
 def _asset(name: str) -> str:
-    return resources.files("scene_sim").joinpath("_viewer", name).read_text(encoding="utf-8")
+    return resources.files("scene_sim.studies.scene").joinpath("_viewer", name).read_text(encoding="utf-8")
 
 
 def render_viewer_html(data: dict[str, Any], *, title: str = "scene-sim viewer") -> str:
@@ -496,7 +496,7 @@ def run_view(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m scene_sim.viewer RUN_DIR [--out FILE] [--open]``: the same as ``scene-sim view``."""
+    """``python -m scene_sim.studies.scene.viewer RUN_DIR [--out FILE] [--open]``: the same as ``scene-sim view``."""
     from scene_sim.cli import main as cli_main
 
     return cli_main(["view", *(sys.argv[1:] if argv is None else argv)])

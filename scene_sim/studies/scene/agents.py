@@ -1,10 +1,10 @@
 """The agents of an episode: ``Subject``, ``ScriptedPersona``, ``Orchestrator``.
 
-They are Mesa agents owned by :class:`scene_sim.model.SceneModel`. Each turn
+They are Mesa agents owned by :class:`scene_sim.studies.scene.model.SceneModel`. Each turn
 the runtime asks an agent for its *view* (what it may see), renders its
 prompt from ``agents/<role>.md`` and awaits :meth:`ChatAgent.decide`. The
 base classes decide with a language model; the offline policies in
-:mod:`scene_sim.policies` subclass them and override ``decide`` only.
+:mod:`scene_sim.studies.scene.policies` subclass them and override ``decide`` only.
 
 Writing your own agent::
 
@@ -29,12 +29,12 @@ import mesa
 
 from scene_sim.actions import ACTION_SCHEMA, Action, Message, NoOp, React, parse_action
 from scene_sim.prompts import load_template
-from scene_sim.scenario import CastMember, HiddenPersona, Scenario
-from scene_sim.taxonomy import Norm, Sanction
+from scene_sim.studies.scene.scenario import CastMember, HiddenPersona, Scenario
+from scene_sim.studies.scene.taxonomy import Norm, Sanction
 from scene_sim.world import ChatTurn, render_transcript
 
 if TYPE_CHECKING:
-    from scene_sim.model import SceneModel
+    from scene_sim.studies.scene.model import SceneModel
 
 __all__ = [
     "REACTION_EMOJI",
@@ -359,7 +359,7 @@ class ScriptedPersona(ChatAgent):
 
     'Scripted' means it follows a hidden script (outline, sanction and
     precedent lines); by default a language model plays it. The offline
-    policy :class:`scene_sim.policies.OfflinePersona` plays it without one.
+    policy :class:`scene_sim.studies.scene.policies.OfflinePersona` plays it without one.
     """
 
     role: ClassVar[str] = "persona"
@@ -428,7 +428,7 @@ class Orchestrator(mesa.Agent):
     """Decides the order in which the personas act each tick (routing only).
 
     The default asks a language model (SCENE B.5); the offline policy
-    :class:`scene_sim.policies.SeededOrderOrchestrator` shuffles with the
+    :class:`scene_sim.studies.scene.policies.SeededOrderOrchestrator` shuffles with the
     model's seeded rng.
     """
 

@@ -4,7 +4,7 @@
 yet (judge and fidelity audit, concurrently but bounded, each labels file
 written atomically as soon as it is done; a failure on one episode never
 stops the rest), then reduces every episode to a compact
-:class:`~scene_sim.collect.EpisodeSummary` and writes ``episodes.csv``,
+:class:`~scene_sim.studies.scene.collect.EpisodeSummary` and writes ``episodes.csv``,
 ``metrics.json``, ``report.md``, ``report.html`` and the PNG plots. Once
 labels exist no model is needed: ``scene-sim analyze RUN_DIR`` re-computes
 everything from the files.
@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scene_sim.collect import EpisodeSummary, summarize
 from scene_sim.errors import SceneSimError
-from scene_sim.judge import (
+from scene_sim.modelspec import ModelSpec
+from scene_sim.rundir import RunDir, atomic_write_text
+from scene_sim.studies.scene.collect import EpisodeSummary, summarize
+from scene_sim.studies.scene.judge import (
     AUDIT_LABELS,
     Episode,
     HeuristicJudge,
@@ -38,12 +40,10 @@ from scene_sim.judge import (
     make_auditor,
     make_judge,
 )
-from scene_sim.modelspec import ModelSpec
-from scene_sim.oracle import LABELS
-from scene_sim.report import ReportInfo, write_report
-from scene_sim.rundir import RunDir, atomic_write_text
-from scene_sim.stats import cohen_kappa, compute_metrics, episode_repair
-from scene_sim.taxonomy import Taxonomy
+from scene_sim.studies.scene.oracle import LABELS
+from scene_sim.studies.scene.report import ReportInfo, write_report
+from scene_sim.studies.scene.stats import cohen_kappa, compute_metrics, episode_repair
+from scene_sim.studies.scene.taxonomy import Taxonomy
 
 __all__ = [
     "CSV_COLUMNS",
@@ -238,7 +238,7 @@ async def judge_episode(
             judge, or an LLM judge without a context.
 
     """
-    from scene_sim._catalog import taxonomy_at
+    from scene_sim.studies.scene._catalog import taxonomy_at
 
     taxonomy = taxonomy or taxonomy_at(None)
     episode = Episode.from_events(events, episode_id=episode_id)
@@ -468,7 +468,7 @@ async def analyze_run(
         SceneSimError: for a missing run directory or an unknown scripted judge.
 
     """
-    from scene_sim._catalog import taxonomy_at
+    from scene_sim.studies.scene._catalog import taxonomy_at
 
     if repair_window < 0:
         raise SceneSimError(f"--repair-window must be >= 0, got {repair_window}")

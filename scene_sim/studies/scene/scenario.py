@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from scene_sim._resources import content_dir
 from scene_sim.errors import SceneSimError, suggest
-from scene_sim.taxonomy import SceneTuple, Taxonomy
+from scene_sim.studies.scene.taxonomy import SceneTuple, Taxonomy
 
 __all__ = [
     "CastMember",

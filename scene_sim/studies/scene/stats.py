@@ -21,7 +21,7 @@ Headline figures use VALID episodes only; ``with_partial`` repeats them
 over VALID + PARTIAL; fidelity rates use every episode (they qualify the
 episodes, so excluding the failures would hide them).
 
-Everything runs on compact :class:`~scene_sim.collect.EpisodeSummary`
+Everything runs on compact :class:`~scene_sim.studies.scene.collect.EpisodeSummary`
 records and numpy arrays; 100,000 episodes take well under a second.
 """
 
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from scene_sim.collect import EpisodeSummary
+from scene_sim.studies.scene.collect import EpisodeSummary
 
 __all__ = [
     "Z95",

@@ -1,9 +1,9 @@
 """``SceneModel``: one SCENE episode as a Mesa model.
 
 The model owns the chat (:class:`~scene_sim.world.ChatWorld`), the agents
-(one :class:`~scene_sim.agents.Orchestrator`, 3-4
-:class:`~scene_sim.agents.ScriptedPersona`, one
-:class:`~scene_sim.agents.Subject`), the seeded rng (``model.random``,
+(one :class:`~scene_sim.studies.scene.agents.Orchestrator`, 3-4
+:class:`~scene_sim.studies.scene.agents.ScriptedPersona`, one
+:class:`~scene_sim.studies.scene.agents.Subject`), the seeded rng (``model.random``,
 ``model.rng``), the event log and a ``DataCollector`` whose tables hold the
 demonstration / breach / sanction / repair streams as the episode runs.
 
@@ -37,20 +37,20 @@ from typing import Any
 
 import mesa
 
-from scene_sim import __version__
-from scene_sim._catalog import scenario_source, taxonomy_at
+from scene_sim._version import __version__
 from scene_sim.actions import Message, NoOp, React
-from scene_sim.agents import ChatAgent, Decision, Orchestrator, PersonaCast, ScriptedPersona, Subject
 from scene_sim.backends import model_call_fields
 from scene_sim.backends.base import GenerateRequest, GenerateResponse
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
 from scene_sim.events import EventLog
 from scene_sim.modelspec import ModelSpec
-from scene_sim.oracle import TurnLabel, TurnLabeler
-from scene_sim.policies import TemplateSubject, policy_class
-from scene_sim.scenario import Scenario, parse_line
-from scene_sim.taxonomy import Taxonomy
+from scene_sim.studies.scene._catalog import scenario_source, taxonomy_at
+from scene_sim.studies.scene.agents import ChatAgent, Decision, Orchestrator, PersonaCast, ScriptedPersona, Subject
+from scene_sim.studies.scene.oracle import TurnLabel, TurnLabeler
+from scene_sim.studies.scene.policies import TemplateSubject, policy_class
+from scene_sim.studies.scene.scenario import Scenario, parse_line
+from scene_sim.studies.scene.taxonomy import Taxonomy
 from scene_sim.world import ChatTurn, ChatWorld
 
 __all__ = ["STREAM_TABLES", "EpisodeResult", "SceneModel", "episode_id_for"]

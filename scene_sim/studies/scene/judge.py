@@ -8,7 +8,7 @@ VALID, PARTIAL or INVALID.
 
 Judges, selected by model string (:func:`make_judge`):
 
-* ``scripted``: the oracle. It replays :class:`~scene_sim.oracle.TurnLabeler`
+* ``scripted``: the oracle. It replays :class:`~scene_sim.studies.scene.oracle.TurnLabeler`
   over the logged actions *with* their ``meta`` (what the scripted actors
   intended), so its labels are the ground truth of offline episodes.
 * ``scripted/heuristic``: the same replay with ``meta`` stripped: labels come
@@ -44,10 +44,10 @@ from typing import Any, Protocol, runtime_checkable
 from scene_sim.backends.base import GenerateRequest
 from scene_sim.errors import SceneSimError
 from scene_sim.events import iter_event_dicts
-from scene_sim.heuristics import CueReader
-from scene_sim.oracle import LABELS, TurnLabel, TurnLabeler
 from scene_sim.prompts import load_template
-from scene_sim.taxonomy import Taxonomy
+from scene_sim.studies.scene.heuristics import CueReader
+from scene_sim.studies.scene.oracle import LABELS, TurnLabel, TurnLabeler
+from scene_sim.studies.scene.taxonomy import Taxonomy
 from scene_sim.world import ChatTurn
 
 __all__ = [

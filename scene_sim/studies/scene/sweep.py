@@ -26,14 +26,14 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from scene_sim import __version__
-from scene_sim._catalog import scenario_source
+from scene_sim._version import __version__
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
-from scene_sim.model import SceneModel, episode_id_for
 from scene_sim.rundir import RunDir, package_versions
-from scene_sim.scenario import ScenarioBank
-from scene_sim.spec import SweepSpec
+from scene_sim.studies.scene._catalog import scenario_source
+from scene_sim.studies.scene.model import SceneModel, episode_id_for
+from scene_sim.studies.scene.scenario import ScenarioBank
+from scene_sim.studies.scene.spec import SweepSpec
 
 __all__ = ["PlannedEpisode", "SweepSummary", "plan_episodes", "run_sweep"]
 
@@ -107,7 +107,7 @@ def _batch_gc() -> Iterator[None]:
 
 
 async def _default_labeler(events: list[dict[str, Any]], judge: str, context: RunContext) -> dict[str, Any]:
-    from scene_sim.analysis import judge_episode
+    from scene_sim.studies.scene.analysis import judge_episode
 
     return await judge_episode(events, judge=judge, context=context)
 
@@ -191,7 +191,7 @@ async def run_sweep(
         resume: continue a run directory whose spec matches.
         quiet: log lines instead of a progress bar.
         console: where to print.
-        labeler: judge function (default: :func:`scene_sim.analysis.judge_episode`).
+        labeler: judge function (default: :func:`scene_sim.studies.scene.analysis.judge_episode`).
         analyze: write episodes.csv, metrics.json and the report at the end.
         spec_path: recorded in run.json.
         context: backends to use (default: a new context from the spec's cache mode and limits;
@@ -355,7 +355,7 @@ async def run_sweep(
             {**record, "status": "complete" if complete else "incomplete", "accounting": context.accounting()}
         )
         if analyze and run_dir.labelled_ids():
-            from scene_sim.analysis import analyze_run
+            from scene_sim.studies.scene.analysis import analyze_run
 
             await analyze_run(run_dir, judge=None, context=None, repair_window=spec.run.repair_window)
         return summary
@@ -371,10 +371,10 @@ async def _scenarios(
     if src.source == "bank":
         return scenario_source(None)
     if src.source == "generate":
-        from scene_sim.generate import generate_scenarios
+        from scene_sim.studies.scene.generate import generate_scenarios
 
         path = run_dir.path / "scenarios.jsonl"
-        from scene_sim._catalog import taxonomy_at
+        from scene_sim.studies.scene._catalog import taxonomy_at
 
         await generate_scenarios(
             path,
