@@ -90,7 +90,7 @@ async def measure(episodes: int, persona_calls: str, orchestrator: str, persona_
         result = await m.arun()
         await judge_episode(result.events, judge="custom/sim", context=ctx)
         ticks += result.ticks
-        names = {c.name for c in m.scenario.scaffold.channel.cast}
+        names = {c.name for c in m.scene.scaffold.channel.cast}
         persona_actions += sum(
             1
             for e in result.events

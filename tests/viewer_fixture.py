@@ -83,7 +83,7 @@ def _minimal_contract_files(rd: RunDir, models: dict[str, SceneModel]) -> None:
         labels = _labels_from(m, validity)
         rd.write_labels(eid, labels)
         count = {k: len(v) for k, v in m.streams.items()}
-        tup = m.scenario.tuple
+        tup = m.scene.tuple
         rows.append(
             {
                 "episode_id": eid,

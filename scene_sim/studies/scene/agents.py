@@ -19,15 +19,13 @@ Writing your own agent::
 from __future__ import annotations
 
 import itertools
-import weakref
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import mesa
-
-from scene_sim.actions import ACTION_SCHEMA, Action, Message, NoOp, React, parse_action
+from scene_sim.actions import ACTION_SCHEMA, NoOp, parse_action
+from scene_sim.agents import EMPTY_META, REACTION_EMOJI, ChatAgent, Decision, ask_until_valid
 from scene_sim.prompts import load_template
 from scene_sim.studies.scene.scenario import CastMember, HiddenPersona, Scenario
 from scene_sim.studies.scene.taxonomy import Norm, Sanction
@@ -49,32 +47,6 @@ __all__ = [
     "Subject",
     "SubjectView",
 ]
-
-#: Reactions a local model chooses from (API models may use any emoji).
-REACTION_EMOJI = ("👍", "❤️", "😂", "🙏", "🔥", "👀", "💀", "🙄", "😬", "🤐")
-
-_NO_META: Mapping[str, Any] = MappingProxyType({})
-
-#: How many times a malformed model output is re-queried before a logged no-op.
-MAX_REQUERIES = 2
-
-
-@dataclass(frozen=True)
-class Decision:
-    """An agent's choice for one prompt.
-
-    Attributes:
-        action: what to post.
-        meta: hidden bookkeeping stored with the turn and the event log (for
-            scripted actors: what they intended); never shown to anyone.
-        parse_failure: the model's output could not be turned into a valid
-            action and this is the fallback no-op.
-
-    """
-
-    action: Action
-    meta: Mapping[str, Any] = field(default_factory=lambda: _NO_META)
-    parse_failure: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,26 +104,6 @@ class OrchestratorView:
     min_post_sanction_turns: int | None
 
 
-class _IdCounters(weakref.WeakKeyDictionary):  # type: ignore[type-arg]
-    """Per-model unique-id counters that let finished models be collected.
-
-    ``mesa.Agent`` keeps its counters in a class-level dict keyed by model,
-    which holds every model a process ever built; a sweep of thousands of
-    episodes would keep them all. Our agent classes shadow that attribute
-    with weak keys (same numbering: 1, 2, 3... per model).
-    """
-
-    def __getitem__(self, model: object) -> itertools.count[int]:
-        try:
-            return super().__getitem__(model)
-        except KeyError:
-            counter = itertools.count(1)
-            self[model] = counter
-            return counter
-
-
-_AGENT_IDS = _IdCounters()  # shared by every role, so unique ids never collide within a model
-
 _CUES = {
     "after_action": "It is your turn: send a message, react to a message, or do nothing.",
     "floor_open": "Nobody else has said anything this round; the floor is open. Send a message, react, or do nothing.",
@@ -169,152 +121,6 @@ def _actions(reactions: bool) -> str:
     return '"message" | "react" | "no-op"' if reactions else '"message" | "no-op"'
 
 
-class ChatAgent(mesa.Agent):
-    """Base of every chat role.
-
-    Args:
-        model: the episode.
-        name: the actor name used in the chat and the log.
-        llm: the managed backend that decides (None for offline policies).
-        model_string: the model string this agent was built from (for the log).
-
-    """
-
-    role: ClassVar[str] = "agent"
-    _ids = _AGENT_IDS
-
-    def __init__(self, model: SceneModel, name: str, *, llm: Any = None, model_string: str = "") -> None:
-        super().__init__(model)
-        self.name = name
-        self.llm = llm
-        self.model_string = model_string
-
-    # The three hooks a subclass may override -------------------------------------
-    def observe(self, reason: str) -> Any:
-        """Build this agent's view for a prompt with ``reason``."""
-        raise NotImplementedError
-
-    def render(self, view: Any) -> tuple[str, list[dict[str, str]]]:
-        """Render the prompt for ``view``: ``(system, messages)``."""
-        raise NotImplementedError
-
-    async def decide(self, view: Any, system: str, messages: list[dict[str, str]]) -> Decision:
-        """Choose an action. The default asks the language model."""
-        return await self._llm_action(view, system, messages)
-
-    def on_posted(self, turn: ChatTurn | None, decision: Decision) -> None:
-        """Called after the runtime posted this agent's decision (``turn`` is None for a no-op)."""
-
-    # The language-model path ----------------------------------------------------
-    async def _llm_action(self, view: Any, system: str, messages: list[dict[str, str]]) -> Decision:
-        if self.llm is None:
-            raise RuntimeError(f"{type(self).__name__} '{self.name}' has no language model and no policy")
-        if self.llm.capabilities.scores_choices:
-            return await self._choice_action(view, system, messages)
-
-        def read(response: Any) -> tuple[Decision | None, str | None]:
-            parsed = parse_action(response.parsed if response.parsed is not None else response.text)
-            problem = parsed.error
-            if parsed.action is not None and problem is None:
-                problem = self.model.world.validate(self.name, parsed.action)
-            if problem is not None or parsed.action is None:
-                return None, problem
-            return Decision(parsed.action, self._meta_from(parsed.data or {})), None
-
-        decision = await ask_until_valid(
-            self,
-            system,
-            messages,
-            read,
-            what="action",
-            schema=self._schema(),
-            schema_name="chat_action",
-            max_tokens=400,
-        )
-        return decision or Decision(NoOp(), parse_failure=True)
-
-    async def _choice_action(self, view: Any, system: str, messages: list[dict[str, str]]) -> Decision:
-        # Valid by construction: score the closed set of actions, then only
-        # generate free text for a message.
-        kinds = ["message", "react", "no-op"] if view.reactions else ["message", "no-op"]
-        options = tuple(f'{{"action": "{k}"' for k in kinds)
-        choice = await self._choose(system, messages, options)
-        kind = kinds[options.index(choice)]
-        if kind == "no-op":
-            return Decision(NoOp())
-        if kind == "react":
-            targets = [t.turn_id for t in view.turns if t.kind == "message"][-5:]
-            if not targets:
-                return Decision(NoOp())
-            pairs = list(itertools.product(targets, REACTION_EMOJI))
-            options = tuple(f'{{"action": "react", "target_turn_id": {t}, "content": "{e}"' for t, e in pairs)
-            picked = await self._choose(system, messages, options)
-            target, emoji = pairs[options.index(picked)]
-            return Decision(React(content=emoji, target_turn_id=target))
-        prefill = '{"action": "message", "content": "'
-        convo = [*messages, {"role": "assistant", "content": prefill}]
-        response = await self.model.call_llm(
-            self,
-            system,
-            convo,
-            reason="content",
-            max_tokens=60,
-            stop=('"', "\n"),
-        )
-        text = response.text.split('"')[0].strip()
-        if not text:
-            return Decision(NoOp(), parse_failure=True)
-        return Decision(Message(content=text))
-
-    async def _choose(self, system: str, messages: list[dict[str, str]], options: tuple[str, ...]) -> str:
-        response = await self.model.call_llm(
-            self,
-            system,
-            list(messages),
-            reason="choice",
-            choices=options,
-            max_tokens=32,
-        )
-        return response.text if response.text in options else options[-1]
-
-    def _schema(self) -> dict[str, Any]:
-        return ACTION_SCHEMA
-
-    def _meta_from(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
-        return _NO_META
-
-
-async def ask_until_valid(
-    actor: Any,
-    system: str,
-    messages: list[dict[str, str]],
-    read: Callable[[Any], tuple[Any, str | None]],
-    *,
-    what: str,
-    **request: Any,
-) -> Any:
-    """Ask ``actor``'s model; re-query with the problem (bounded) until ``read`` accepts the answer.
-
-    ``read(response)`` returns ``(value, None)`` or ``(None, problem)``. Each
-    re-query shows the model its answer and the problem, and is logged as a
-    ``requery`` prompt. Returns the value, or None once the re-queries are spent.
-    """
-    convo = list(messages)
-    for attempt in range(MAX_REQUERIES + 1):
-        response = await actor.model.call_llm(
-            actor, system, convo, reason="turn" if attempt == 0 else "requery", log_prompt=attempt > 0, **request
-        )
-        value, problem = read(response)
-        if problem is None:
-            return value
-        convo = [
-            *convo,
-            {"role": "assistant", "content": response.text or ""},
-            {"role": "user", "content": f"That was not a valid {what} ({problem}). Reply with the JSON object only."},
-        ]
-    return None
-
-
 class Subject(ChatAgent):
     """The model under test. It sees only the channel-visible context."""
 
@@ -322,7 +128,7 @@ class Subject(ChatAgent):
 
     def observe(self, reason: str) -> SubjectView:
         """The subject's view: its briefing and the visible transcript, no hidden field."""
-        sc: Scenario = self.model.scenario
+        sc: Scenario = self.model.scene
         me = sc.scaffold.subject
         turns = tuple(
             ChatTurn(t.turn_id, t.actor, t.kind, t.content, t.target_turn_id, t.tick) for t in self.model.world.turns
@@ -336,7 +142,7 @@ class Subject(ChatAgent):
             reactions=self.model.world.reactions_enabled,
             turns=turns,
             reason=reason,
-            tick=self.model.steps,
+            tick=self.model.tick,
         )
 
     def render(self, view: SubjectView) -> tuple[str, list[dict[str, str]]]:
@@ -367,7 +173,7 @@ class ScriptedPersona(ChatAgent):
     def observe(self, reason: str) -> PersonaView:
         """The persona's view, hidden instructions included."""
         m = self.model
-        sc: Scenario = m.scenario
+        sc: Scenario = m.scene
         bio = next(c.bio_oneline for c in sc.scaffold.channel.cast if c.name == self.name)
         return PersonaView(
             name=self.name,
@@ -378,7 +184,7 @@ class ScriptedPersona(ChatAgent):
             reactions=m.world.reactions_enabled,
             turns=m.world.turns,
             reason=reason,
-            tick=m.steps,
+            tick=m.tick,
             norm=m.taxonomy.norm(sc.tuple.norm),
             sanction=m.taxonomy.sanctions[sc.tuple.sanction],
             hidden=sc.persona(self.name),
@@ -387,7 +193,7 @@ class ScriptedPersona(ChatAgent):
 
     def render(self, view: PersonaView) -> tuple[str, list[dict[str, str]]]:
         """Fill ``agents/persona.md``."""
-        subject = self.model.scenario.scaffold.subject
+        subject = self.model.scene.scaffold.subject
         h = view.hidden
 
         def bullets(lines: Sequence[str] | None) -> str:
@@ -418,13 +224,13 @@ class ScriptedPersona(ChatAgent):
     def _meta_from(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
         if data.get("sanction") is True:
             return MappingProxyType({"intent": "sanction", "claimed": True})
-        return _NO_META
+        return EMPTY_META
 
 
 ORDER_SCHEMA_NAME = "routing"
 
 
-class Orchestrator(mesa.Agent):
+class Orchestrator(ChatAgent):
     """Decides the order in which the personas act each tick (routing only).
 
     The default asks a language model (SCENE B.5); the offline policy
@@ -433,26 +239,22 @@ class Orchestrator(mesa.Agent):
     """
 
     role: ClassVar[str] = "orchestrator"
-    _ids = _AGENT_IDS
 
     def __init__(
         self, model: SceneModel, name: str = "orchestrator", *, llm: Any = None, model_string: str = ""
     ) -> None:
-        super().__init__(model)
-        self.name = name
-        self.llm = llm
-        self.model_string = model_string
+        super().__init__(model, name, llm=llm, model_string=model_string)
 
     def observe(self, reason: str = "turn") -> OrchestratorView:
         """Roster, outline and transcript."""
         m = self.model
-        sc: Scenario = m.scenario
+        sc: Scenario = m.scene
         outline = "\n".join(f"- {p.name}: {p.outline}" for p in sc.hidden.personas)
         return OrchestratorView(
             roster=tuple(c.name for c in sc.scaffold.channel.cast),
             outline=outline,
             turns=m.world.turns,
-            tick=m.steps,
+            tick=m.tick,
             max_turns=m.max_turns,
             min_post_sanction_turns=m.min_post_sanction_turns,
         )
@@ -528,7 +330,7 @@ class Orchestrator(mesa.Agent):
         return RoutingDecision(tuple(clean), terminate=bool(data.get("terminate", False)), parse_failure=not order)
 
 
-class PersonaCast:
+class PersonaCast(ChatAgent):
     """Decides the next actions of several personas in one model call.
 
     Used when a model plays the personas and the episode runs with
@@ -546,17 +348,14 @@ class PersonaCast:
     """
 
     role: ClassVar[str] = "persona"
-    name = "cast"
 
     def __init__(self, model: SceneModel, *, llm: Any, model_string: str) -> None:
-        self.model = model
-        self.llm = llm
-        self.model_string = model_string
+        super().__init__(model, "cast", llm=llm, model_string=model_string)
 
     def render(self, names: Sequence[str]) -> tuple[str, list[dict[str, str]]]:
         """Fill ``agents/cast.md`` for the personas ``names`` acting now (the system part covers all)."""
         m = self.model
-        sc: Scenario = m.scenario
+        sc: Scenario = m.scene
         norm = m.taxonomy.norm(sc.tuple.norm)
         sanction = m.taxonomy.sanctions[sc.tuple.sanction]
         subject = sc.scaffold.subject
@@ -661,7 +460,9 @@ class PersonaCast:
             if problem is not None or parsed.action is None:
                 return [], f"{name}: {problem}"
             meta = (
-                MappingProxyType({"intent": "sanction", "claimed": True}) if entry.get("sanction") is True else _NO_META
+                MappingProxyType({"intent": "sanction", "claimed": True})
+                if entry.get("sanction") is True
+                else EMPTY_META
             )
             out.append((name, Decision(parsed.action, meta)))
             if not isinstance(parsed.action, NoOp):

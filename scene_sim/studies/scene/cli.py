@@ -1,5 +1,7 @@
-"""SCENE's commands: ``taxonomy``, ``sample``, ``scenarios``, ``schema``, ``run``, ``demo``,
-``sweep``, ``generate``, ``view``, ``play`` and ``analyze`` (at the top level of ``scene-sim``).
+"""SCENE's commands, at the top level of ``scene-sim``.
+
+``taxonomy``, ``sample``, ``scenarios``, ``schema``, ``run``, ``demo``,
+``sweep``, ``generate``, ``view``, ``play`` and ``analyze``.
 """
 
 from __future__ import annotations

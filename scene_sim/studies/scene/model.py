@@ -28,32 +28,28 @@ synchronously (for Mesa tools such as ``mesa.batch_run``).
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mesa
 
-from scene_sim._version import __version__
-from scene_sim.actions import Message, NoOp, React
-from scene_sim.backends import model_call_fields
-from scene_sim.backends.base import GenerateRequest, GenerateResponse
+from scene_sim.actions import Message, React
+from scene_sim.agents import ChatAgent, Decision
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
-from scene_sim.events import EventLog
+from scene_sim.model import ConversationModel, EpisodeError, EpisodeResult, slug
 from scene_sim.modelspec import ModelSpec
 from scene_sim.studies.scene._catalog import scenario_source, taxonomy_at
-from scene_sim.studies.scene.agents import ChatAgent, Decision, Orchestrator, PersonaCast, ScriptedPersona, Subject
+from scene_sim.studies.scene.agents import Orchestrator, PersonaCast, ScriptedPersona, Subject
 from scene_sim.studies.scene.oracle import TurnLabel, TurnLabeler
 from scene_sim.studies.scene.policies import TemplateSubject, policy_class
 from scene_sim.studies.scene.scenario import Scenario, parse_line
 from scene_sim.studies.scene.taxonomy import Taxonomy
-from scene_sim.world import ChatTurn, ChatWorld
+from scene_sim.world import ChatTurn
 
-__all__ = ["STREAM_TABLES", "EpisodeResult", "SceneModel", "episode_id_for"]
+__all__ = ["SILENT_PROMPTS_TO_END", "STREAM_TABLES", "EpisodeError", "EpisodeResult", "SceneModel", "episode_id_for"]
 
 #: DataCollector tables holding the event streams (one row per event).
 STREAM_TABLES = {
@@ -67,30 +63,12 @@ STREAM_TABLES = {
 SILENT_PROMPTS_TO_END = 3
 
 
-class EpisodeError(Exception):
-    """A backend failure that ends the episode with reason ``error``."""
-
-
-@dataclass(frozen=True)
-class EpisodeResult:
-    """What a finished episode hands on."""
-
-    episode_id: str
-    end_reason: str
-    ticks: int
-    events: list[dict[str, Any]]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "x"
-
-
 def episode_id_for(scenario_id: str, subject: str, rep: int, seed: int | None) -> str:
     """The default episode id: scenario, subject model, repetition and seed."""
-    return f"{scenario_id}__{_slug(subject)}__r{rep}__s{seed if seed is not None else 'x'}"
+    return f"{scenario_id}__{slug(subject)}__r{rep}__s{seed if seed is not None else 'x'}"
 
 
-class SceneModel(mesa.Model):
+class SceneModel(ConversationModel):
     """One SCENE episode.
 
     Args:
@@ -135,34 +113,35 @@ class SceneModel(mesa.Model):
         agent_classes: dict[str, Callable[..., Any]] | None = None,
         persona_calls: str = "each",
     ) -> None:
-        super().__init__(seed=seed)
         if persona_calls not in ("each", "joint"):
             raise SceneSimError(f"persona_calls must be 'each' or 'joint', got '{persona_calls}'")
         if max_turns < 1:
             raise SceneSimError(f"max_turns must be at least 1, got {max_turns}")
-        self.taxonomy = taxonomy if isinstance(taxonomy, Taxonomy) else taxonomy_at(str(taxonomy) if taxonomy else None)
-        self.scenario = self._resolve_scenario(scenario, scenarios)
-        self.taxonomy.check_tuple(self.scenario.scene_tuple)
-        self.seed = seed
-        self.rep = rep
+        if min_post_sanction_turns is not None and min_post_sanction_turns < 0:
+            raise SceneSimError(f"min_post_sanction_turns must be 0 or more, got {min_post_sanction_turns}")
+        tax = taxonomy if isinstance(taxonomy, Taxonomy) else taxonomy_at(str(taxonomy) if taxonomy else None)
+        sc = self._resolve_scenario(scenario, scenarios, tax)
+        tax.check_tuple(sc.scene_tuple)
+        event = tax.events[sc.tuple.event]
+        cast = [c.name for c in sc.scaffold.channel.cast]
+        super().__init__(
+            [*cast, sc.scaffold.subject.name],
+            episode_id=episode_id or episode_id_for(sc.id, subject, rep, seed),
+            models={"subject": subject, "personas": personas, "orchestrator": orchestrator, "judge": judge},
+            seed=seed,
+            rep=rep,
+            reactions=event.features.get("reactions", True),
+            temperature=temperature,
+            context=context,
+            on_event=on_event,
+        )
+        self.taxonomy = tax
+        self.scene = sc
         self.max_turns = max_turns
         self.min_post_sanction_turns = min_post_sanction_turns
-        self.temperature = temperature
-        self.models = {"subject": subject, "personas": personas, "orchestrator": orchestrator, "judge": judge}
-        self.context = context
-        for value in self.models.values():
-            if value is not None and not (context is not None and context.has(value)):
-                ModelSpec.parse(value)
-        self.episode_id = episode_id or episode_id_for(self.scenario.id, subject, rep, seed)
-        self.log = EventLog(on_event)
         self._agent_classes = dict(agent_classes or {})
-
-        sc = self.scenario
-        event = self.taxonomy.events[sc.tuple.event]
-        cast = [c.name for c in sc.scaffold.channel.cast]
         self.subject_name = sc.scaffold.subject.name
-        self.world = ChatWorld([*cast, self.subject_name], reactions=event.features.get("reactions", True))
-        self.labeler = TurnLabeler(self.taxonomy, sc.tuple.norm, sc.tuple.sanction, self.subject_name)
+        self.labeler = TurnLabeler(tax, sc.tuple.norm, sc.tuple.sanction, self.subject_name)
 
         self.orchestrator: Orchestrator = self._make(Orchestrator, "orchestrator", orchestrator, "orchestrator")
         self.personas: dict[str, ScriptedPersona] = {
@@ -172,21 +151,16 @@ class SceneModel(mesa.Model):
         self.persona_calls = persona_calls
         self.cast: PersonaCast | None = None
         first = next(iter(self.personas.values()))
-        llm = getattr(first, "llm", None)
+        llm = first.llm
         if persona_calls == "joint" and llm is not None and not llm.capabilities.scores_choices:
             self.cast = PersonaCast(self, llm=llm, model_string=first.model_string)
 
-        self.end_reason: str | None = None
-        self.error: str | None = None
-        self._opened = False
         self._silent_streak = 0
         self._post_sanction_opportunities: int | None = None
-        self._calls = 0
-        self._runner: asyncio.Runner | None = None
         self.streams: dict[str, list[dict[str, Any]]] = {name: [] for name in STREAM_TABLES}
         self.datacollector = mesa.DataCollector(
             model_reporters={
-                "tick": "steps",
+                "tick": "tick",
                 "chat_turns": lambda m: len(m.world),
                 "demonstrations": lambda m: len(m.streams["demonstrations"]),
                 "breaches": lambda m: len(m.streams["breaches"]),
@@ -198,7 +172,8 @@ class SceneModel(mesa.Model):
         )
 
     # -- construction -----------------------------------------------------------
-    def _resolve_scenario(self, scenario: str | Path | Scenario, source: str | Path | None) -> Scenario:
+    @staticmethod
+    def _resolve_scenario(scenario: str | Path | Scenario, source: str | Path | None, tax: Taxonomy) -> Scenario:
         if isinstance(scenario, Scenario):
             return scenario
         text = str(scenario)
@@ -211,192 +186,51 @@ class SceneModel(mesa.Model):
         return scenario_source(source).get(text)
 
     def _make(self, base: type, role: str, model_string: str, name: str) -> Any:
+        # The policy's own class decides how it is built (TemplateSubject needs the norm pair);
+        # model-driven roles get the managed backend of their model string.
         if self.context is not None and self.context.has(model_string):
-            return base(self, name, llm=self.context.backend(model_string), model_string=model_string)
+            return base(self, name, llm=self.backend(model_string), model_string=model_string)
         spec = ModelSpec.parse(model_string)
         override = self._agent_classes.get(role)
         if override is not None:
-            llm = None
-            if spec.provider not in ("scripted", "human"):
-                self.context = self.context or RunContext()
-                llm = self.context.backend(model_string)
+            llm = None if spec.provider in ("scripted", "human") else self.backend(model_string)
             return override(self, name, llm=llm, model_string=model_string)
         if spec.provider == "human":
             raise SceneSimError("a human subject plays through 'scene-sim play', not in a batch run")
         if spec.provider == "scripted":
-            policy = spec.name or "scripted"
-            cls = policy_class(role, policy)
+            cls = policy_class(role, spec.name or "scripted")
             kwargs: dict[str, Any] = {"model_string": model_string}
             if issubclass(cls, TemplateSubject):
-                kwargs["pair"] = self.taxonomy.pair(self.scenario.tuple.norm)
+                kwargs["pair"] = self.taxonomy.pair(self.scene.tuple.norm)
             return cls(self, name, **kwargs)
-        if self.context is None:
-            self.context = RunContext()
-        return base(self, name, llm=self.context.backend(model_string), model_string=model_string)
+        return base(self, name, llm=self.backend(model_string), model_string=model_string)
 
-    # -- services used by agents ----------------------------------------------------
-    def call_seed(self) -> int:
-        """A deterministic sampling seed for the next model call."""
-        self._calls += 1
-        base = self.seed if self.seed is not None else 0
-        return (base * 1_000_003 + self.rep * 7919 + self._calls) % (2**31 - 1)
+    # -- the episode's start ------------------------------------------------------------
+    def start_fields(self) -> dict[str, Any]:
+        """SCENE's ``episode_start`` fields."""
+        sc = self.scene
+        return {
+            "scenario_id": sc.id,
+            "tuple": sc.tuple.model_dump(),
+            "subject": self.subject_name,
+            "max_turns": self.max_turns,
+            "min_post_sanction_turns": self.min_post_sanction_turns,
+            "reactions": self.world.reactions_enabled,
+        }
 
-    def emit_prompt(
-        self, actor: ChatAgent | Orchestrator, reason: str, system: str, messages: list[dict[str, str]]
-    ) -> None:
-        """Log the full prompt as sent."""
-        self.log.emit(
-            "prompt",
-            self.steps,
-            actor=actor.name,
-            role=actor.role,
-            reason=reason,
-            messages=[{"role": "system", "content": system}, *messages],
-        )
-
-    async def call_llm(
-        self,
-        actor: ChatAgent | Orchestrator | PersonaCast,
-        system: str,
-        messages: list[dict[str, str]],
-        *,
-        reason: str,
-        log_prompt: bool = False,
-        **request: Any,
-    ) -> GenerateResponse:
-        """Ask ``actor``'s backend, logging a ``model_call`` event (and the prompt, if ``log_prompt``).
-
-        ``request`` holds the :class:`GenerateRequest` fields of this call
-        (schema, choices, max_tokens, stop, ...); the seed, the repetition,
-        the role and the episode's temperature are filled in here.
-
-        Raises:
-            EpisodeError: when the backend fails for good (the episode ends with ``error``).
-        """
-        if log_prompt:
-            self.emit_prompt(actor, reason, system, messages)
-        request.setdefault("temperature", self.temperature)
-        sent = GenerateRequest(
-            messages=tuple(messages),
-            system=system,
-            seed=self.call_seed(),
-            replicate=self.rep,
-            role=actor.role,
-            **request,
-        )
-        try:
-            response: GenerateResponse = await actor.llm.generate(sent)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a provider fault must end this episode, never the sweep
-            fields = model_call_fields(exc, actor.model_string)
-            self.log.emit("model_call", self.steps, actor=actor.name, **fields)
-            raise EpisodeError(f"{actor.model_string}: {fields['error']}") from None
-        fields = model_call_fields(response, actor.model_string)
-        self.log.emit("model_call", self.steps, actor=actor.name, **fields, retries=list(response.retries))
-        return response
-
-    # -- running ---------------------------------------------------------------------
-    def step(self) -> None:
-        """Run one tick synchronously (Mesa's ``step``; ``steps`` is advanced by Mesa)."""
-        if not self.running:
-            return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise SceneSimError("model.step() cannot run inside an event loop; use 'await model.astep()'")
-        if self._runner is None:
-            self._runner = asyncio.Runner()
-        try:
-            self._runner.run(self._tick())
-        finally:
-            if not self.running:
-                self._close_runner()
-
-    async def astep(self) -> None:
-        """Run one tick in the current event loop."""
-        if not self.running:
-            return
-        self.steps += 1  # what Mesa's wrapped step() does for the synchronous path
-        await self._tick()
-
-    async def arun(self) -> EpisodeResult:
-        """Run the episode to its end."""
-        while self.running:
-            await self.astep()
-        return self.result()
-
-    def run_model(self) -> None:
-        """Run the episode synchronously (Mesa's ``run_model``)."""
-        while self.running:
-            self.step()
-
-    def result(self) -> EpisodeResult:
-        """The finished episode."""
-        return EpisodeResult(self.episode_id, self.end_reason or "", self.steps, self.log.events)
-
-    def dispose(self) -> None:
-        """Free a finished episode's memory now rather than at a later garbage collection.
-
-        A Mesa model and its agents refer to each other, so a dropped episode
-        lingers as a reference cycle until the collector's next pass; in a
-        sweep of thousands, those passes stalled the event loop for up to a
-        second. Take :meth:`result` first: this clears the model's and its
-        agents' attributes, and the model cannot be used afterwards.
-        """
-        self._close_runner()
-        agents = [self.orchestrator, self.subject, *self.personas.values(), self.cast]
-        self.remove_all_agents()
-        for obj in (*agents, self):
-            attrs = getattr(obj, "__dict__", None)
-            if attrs is not None:
-                attrs.clear()
-
-    def _close_runner(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
-            self._runner = None
-
-    async def _tick(self) -> None:
-        try:
-            if not self._opened:
-                self._open()
-            await self._play_tick()
-        except EpisodeError as exc:
-            self.error = str(exc)
-            self._end("error")
-        self.datacollector.collect(self)
-
-    def _open(self) -> None:
-        self._opened = True
-        sc = self.scenario
-        self.log.emit(
-            "episode_start",
-            0,
-            episode_id=self.episode_id,
-            scenario_id=sc.id,
-            tuple=sc.tuple.model_dump(),
-            subject=self.subject_name,
-            models=dict(self.models),
-            seed=self.seed,
-            rep=self.rep,
-            max_turns=self.max_turns,
-            min_post_sanction_turns=self.min_post_sanction_turns,
-            reactions=self.world.reactions_enabled,
-            version=__version__,
-        )
+    def on_open(self) -> None:
+        """Turn 0: the scaffold's opening turns, then the precedent sub-script (precedent 1)."""
+        sc = self.scene
         for t in sc.scaffold.transcript.opening_turns:
             if t.action == "no-op":
                 continue
             action = React(t.content, t.target_turn_id or 0) if t.action == "react" else Message(t.content)
-            self._post_scripted(t.actor, action, {"intent": "scaffold", "script": "opening"}, tick=0)
+            self._post_scripted(t.actor, action, {"intent": "scaffold", "script": "opening"})
         if sc.tuple.precedent == 1 and sc.hidden.precedent_demonstrator:
             self._play_precedent()
 
     def _play_precedent(self) -> None:
-        sc = self.scenario
+        sc = self.scene
         demo = sc.hidden.precedent_demonstrator
         breach_turn: ChatTurn | None = None
         for line in sc.persona(demo).precedent_lines_or_null or ():
@@ -407,7 +241,7 @@ class SceneModel(mesa.Model):
                 if parsed.action == "react" and target
                 else Message(parsed.content)
             )
-            turn = self._post_scripted(demo, action, {"intent": "precedent_breach", "script": "precedent"}, tick=0)
+            turn = self._post_scripted(demo, action, {"intent": "precedent_breach", "script": "precedent"})
             breach_turn = breach_turn or turn
         if breach_turn is None:
             return
@@ -421,34 +255,20 @@ class SceneModel(mesa.Model):
                 else:
                     action = Message(parsed.content)
                 meta = {"intent": "precedent_sanction", "script": "precedent", "target_turn_id": breach_turn.turn_id}
-                self._post_scripted(p.name, action, meta, tick=0)
+                self._post_scripted(p.name, action, meta)
 
-    def _post_scripted(
-        self, actor: str, action: Message | React, meta: dict[str, Any], *, tick: int
-    ) -> ChatTurn | None:
-        """Post a scripted line (scaffold, precedent) as that persona's action, with no prompt."""
-        turn = self.world.post(actor, action, tick=tick, meta=meta)
-        self._log_action(actor, Decision(action, meta), turn, tick=tick)
-        return turn
+    def _post_scripted(self, actor: str, action: Message | React, meta: dict[str, Any]) -> ChatTurn | None:
+        """Post a scripted line (scaffold, elicitor, precedent) as that persona's action, with no prompt."""
+        return self.post(actor, Decision(action, meta))
 
-    def _log_action(self, actor: str, decision: Decision, turn: ChatTurn | None, *, tick: int) -> None:
-        action = decision.action
-        self.log.emit(
-            "action",
-            tick,
-            actor=actor,
-            action=action.kind,
-            content=action.content,
-            target_turn_id=action.target_turn_id if isinstance(action, React) else None,
-            turn_id=turn.turn_id if turn else None,
-            parse_failure=decision.parse_failure,
-            meta=dict(decision.meta),
-        )
+    # -- online streams -------------------------------------------------------------------
+    def on_action(self, actor: str, decision: Decision, turn: ChatTurn | None) -> None:
+        """Label every posted turn online and add it to its D / B / S / R stream."""
         if turn is not None:
             self._record(self.labeler.label(turn))
 
     def _record(self, label: TurnLabel) -> None:
-        row = {"tick": self.steps, "turn_id": label.turn_id, "actor": label.actor}
+        row = {"tick": self.tick, "turn_id": label.turn_id, "actor": label.actor}
         is_subject = label.actor == self.subject_name
         if label.label == "DEMONSTRATION" and not is_subject:
             self._add_row("demonstrations", row)
@@ -467,94 +287,77 @@ class SceneModel(mesa.Model):
         self.streams[table].append(row)
         self.datacollector.add_table_row(table, row, ignore_missing=True)
 
-    async def _prompt(self, agent: ChatAgent, reason: str) -> ChatTurn | None:
-        view = agent.observe(reason)
-        system, messages = agent.render(view)
-        self.emit_prompt(agent, reason, system, messages)
+    # -- one tick ---------------------------------------------------------------------------
+    def before_decide(self, agent: ChatAgent, reason: str) -> None:
+        """Count the subject's opportunities after a sanction (the post-sanction rule)."""
         if agent is self.subject and self._post_sanction_opportunities is not None:
             self._post_sanction_opportunities += 1
-        decision = await agent.decide(view, system, messages)
-        problem = None if isinstance(decision.action, NoOp) else self.world.validate(agent.name, decision.action)
-        if problem is not None:
-            decision = Decision(NoOp(), {"invalid": problem}, parse_failure=True)
-        turn = self.world.post(agent.name, decision.action, tick=self.steps, meta=decision.meta)
-        self._log_action(agent.name, decision, turn, tick=self.steps)
-        agent.on_posted(turn, decision)
-        return turn
 
     async def _prompt_cast(self, names: list[str]) -> list[tuple[str, ChatTurn | None]]:
         """One joint call for the personas ``names``; posts their actions up to the first non-silent one."""
         assert self.cast is not None
         system, messages = self.cast.render(names)
-        self.log.emit(
-            "prompt",
-            self.steps,
-            actor=self.cast.name,
-            actors=list(names),
-            role="persona",
-            reason="turn",
-            messages=[{"role": "system", "content": system}, *messages],
-        )
+        self.emit_prompt(self.cast, "turn", system, messages, actors=list(names))
         out: list[tuple[str, ChatTurn | None]] = []
         for name, decision in await self.cast.decide(names, system, messages):
-            problem = None if isinstance(decision.action, NoOp) else self.world.validate(name, decision.action)
-            if problem is not None:
-                decision = Decision(NoOp(), {"invalid": problem}, parse_failure=True)
-            turn = self.world.post(name, decision.action, tick=self.steps, meta=decision.meta)
-            self._log_action(name, decision, turn, tick=self.steps)
-            self.personas[name].on_posted(turn, decision)
+            turn = self.post(name, decision, notify=self.personas[name])
             out.append((name, turn))
             if turn is not None:
                 break
         return out
 
-    async def _play_tick(self) -> None:
-        tick = self.steps
+    async def play_tick(self) -> None:
+        """One orchestrator tick of SCENE's runtime rules (module docstring)."""
+        tick = self.tick
         self.log.emit("turn_start", tick)
-        view = self.orchestrator.observe("turn")
-        system, messages = self.orchestrator.render(view)
-        self.emit_prompt(self.orchestrator, "turn", system, messages)
-        routing = await self.orchestrator.decide(view, system, messages)
-        self.log.emit(
-            "route",
-            tick,
-            actor=self.orchestrator.name,
-            order=list(routing.order),
-            terminate=routing.terminate,
-            parse_failure=routing.parse_failure,
-        )
+        routing = await self._route()
         acted = False
         if tick == 1:
-            el = self.scenario.scaffold.transcript.elicitor_turn
-            self._post_scripted(el.actor, Message(el.content), {"intent": "scaffold", "script": "elicitor"}, tick=1)
+            el = self.scene.scaffold.transcript.elicitor_turn
+            self._post_scripted(el.actor, Message(el.content), {"intent": "scaffold", "script": "elicitor"})
             acted = True
-            await self._prompt(self.subject, "after_action")
+            await self.prompt(self.subject, "after_action")
         order = list(routing.order)
         while order:
             if self.cast is not None:
                 segment = await self._prompt_cast(order)
             else:
-                segment = [(order[0], await self._prompt(self.personas[order[0]], "turn"))]
+                segment = [(order[0], await self.prompt(self.personas[order[0]], "turn"))]
             order = order[len(segment) :]
             turn = segment[-1][1]
             if turn is None:
                 continue
             acted = True
             if self._states_norm(turn):
-                self._end("fidelity_fail")
+                self.end("fidelity_fail")
                 return
-            await self._prompt(self.subject, "after_action")
+            await self.prompt(self.subject, "after_action")
         if not acted:
-            turn = await self._prompt(self.subject, "floor_open")
+            turn = await self.prompt(self.subject, "floor_open")
             self._silent_streak = self._silent_streak + 1 if turn is None else 0
         else:
             self._silent_streak = 0
         if self._silent_streak >= SILENT_PROMPTS_TO_END:
-            self._end("subject_silent")
+            self.end("subject_silent")
         elif self._post_sanction_done():
-            self._end("post_sanction")
+            self.end("post_sanction")
         elif tick >= self.max_turns:
-            self._end("max_turns")
+            self.end("max_turns")
+
+    async def _route(self) -> Any:
+        view = self.orchestrator.observe("turn")
+        system, messages = self.orchestrator.render(view)
+        self.emit_prompt(self.orchestrator, "turn", system, messages)
+        routing = await self.orchestrator.decide(view, system, messages)
+        self.log.emit(
+            "route",
+            self.tick,
+            actor=self.orchestrator.name,
+            order=list(routing.order),
+            terminate=routing.terminate,
+            parse_failure=routing.parse_failure,
+        )
+        return routing
 
     def _post_sanction_done(self) -> bool:
         # The orchestrator's rule (B.5 b): a sanction was enacted and the
@@ -568,17 +371,7 @@ class SceneModel(mesa.Model):
         # Hard fail (B.5 c): a persona spells out the hidden norm.
         if turn.kind != "message" or turn.meta.get("intent") in ("demonstration", "sanction"):
             return False
-        norm = self.taxonomy.norm(self.scenario.tuple.norm)
+        norm = self.taxonomy.norm(self.scene.tuple.norm)
         words = re.findall(r"[\w']+", norm.norm_text.lower())
         text = " ".join(re.findall(r"[\w']+", turn.content.lower()))
         return norm.id in turn.content or any(" ".join(words[i : i + 8]) in text for i in range(max(0, len(words) - 7)))
-
-    def _end(self, reason: str) -> None:
-        if self.end_reason is not None:
-            return
-        self.end_reason = reason
-        self.running = False
-        fields: dict[str, Any] = {"reason": reason, "ticks": self.steps, "chat_turns": len(self.world)}
-        if self.error:
-            fields["error"] = self.error
-        self.log.emit("episode_end", self.steps, **fields)

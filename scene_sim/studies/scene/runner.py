@@ -90,7 +90,7 @@ async def run_episode(
             temperature=temperature,
         )
         spec = {
-            "scenario": model.scenario.id,
+            "scenario": model.scene.id,
             "scenarios": scenarios,
             "models": model.models,
             "seed": seed,
