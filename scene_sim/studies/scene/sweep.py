@@ -13,22 +13,21 @@ simulation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from scene_sim._version import __version__
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
+from scene_sim.events import iter_event_dicts
+from scene_sim.jobs import run_jobs
 from scene_sim.rundir import RunDir, package_versions
 from scene_sim.studies.scene._catalog import scenario_source
 from scene_sim.studies.scene.model import SceneModel, episode_id_for
@@ -87,88 +86,10 @@ def plan_episodes(spec: SweepSpec, bank: ScenarioBank) -> list[PlannedEpisode]:
     return out
 
 
-@contextlib.contextmanager
-def _batch_gc() -> Iterator[None]:
-    """Garbage-collector settings for a long batch of episodes, restored afterwards.
-
-    With hundreds of episodes in flight, the collector's full passes stalled
-    the event loop for up to 300 ms, and every call in flight waited them out.
-    Freezing the startup heap (modules, taxonomy, bank) keeps those passes off
-    it, and rarer young passes let short-lived episode objects die unexamined.
-    """
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(max(threshold[0], 10_000), *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
-
-
 async def _default_labeler(events: list[dict[str, Any]], judge: str, context: RunContext) -> dict[str, Any]:
     from scene_sim.studies.scene.analysis import judge_episode
 
     return await judge_episode(events, judge=judge, context=context)
-
-
-class _Progress:
-    """A rich progress bar with calls, tokens, cost and errors, or quiet log lines."""
-
-    def __init__(self, total: int, done: int, *, quiet: bool, console: Console) -> None:
-        self.quiet = quiet
-        self.console = console
-        self.total = total
-        self.done = done
-        self._bar: Progress | None = None
-        self._task: Any = None
-        self._last_line = 0.0
-
-    def __enter__(self) -> _Progress:
-        if not self.quiet:
-            self._bar = Progress(
-                TextColumn("[bold]episodes"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=False,
-            )
-            self._bar.__enter__()
-            self._task = self._bar.add_task("sweep", total=self.total, completed=self.done, stats="")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-
-    def update(self, done: int, stats: str) -> None:
-        self.done = done
-        if self._bar is not None:
-            self._bar.update(self._task, completed=done, stats=stats)
-        elif time.monotonic() - self._last_line > 10 or done == self.total:
-            self._last_line = time.monotonic()
-            self.console.print(f"[sweep] {done}/{self.total} episodes  {stats}", highlight=False)
-
-
-def _stats_line(context: RunContext, summary: SweepSummary) -> str:
-    acc = context.accounting()
-    total = acc.get("total", {}) if acc else {}
-    calls = total.get("calls", 0)
-    tokens = (total.get("input_tokens") or 0) + (total.get("output_tokens") or 0)
-    cost = total.get("cost_usd")
-    cost_txt = f"${cost:.2f}" if isinstance(cost, int | float) else "$-"
-    return f"calls {calls:,}  tokens {tokens:,}  cost {cost_txt}  errors {summary.errors + summary.judge_failures}"
-
-
-def _spent(context: RunContext) -> float:
-    if context.accounting() == {}:
-        return 0.0
-    cost = context.accountant.total_cost()
-    return float(cost) if cost is not None else 0.0
 
 
 async def run_sweep(
@@ -246,98 +167,71 @@ async def run_sweep(
             else:
                 todo.append((ep, not simulated))
         label_fn = labeler or _default_labeler
-        running = 0
-        finished_cost_episodes = 0
-        semaphore = asyncio.Semaphore(spec.run.concurrency)
-        budget = spec.budget.usd
 
-        async def one(ep: PlannedEpisode, simulate: bool) -> None:
-            nonlocal running, finished_cost_episodes
-            try:
-                if simulate:
-                    model = SceneModel(
-                        scenario=bank.get(ep.scenario_id),
-                        subject=ep.subject,
-                        personas=spec.personas,
-                        orchestrator=spec.orchestrator,
-                        judge=judge,
-                        max_turns=spec.run.max_turns,
-                        seed=ep.seed,
-                        rep=ep.rep,
-                        min_post_sanction_turns=spec.run.min_post_sanction_turns,
-                        temperature=spec.run.temperature,
-                        context=context,
-                        episode_id=ep.episode_id,
-                        persona_calls=spec.run.persona_calls,
-                    )
-                    result = await model.arun()
-                    events = result.events
-                    model.dispose()  # freed now, not by a collector pass that stalls the loop
-                    del model
-                    await run_dir.awrite_episode(ep.episode_id, events)
-                    summary.simulated += 1
-                    summary.end_reasons[result.end_reason] = summary.end_reasons.get(result.end_reason, 0) + 1
-                    if result.end_reason == "error":
-                        summary.errors += 1
+        async def one(item: tuple[PlannedEpisode, bool]) -> None:
+            ep, simulate = item
+            if simulate:
+                events = await _simulate(ep)
+            else:
+                path = run_dir.episode_path(ep.episode_id)
+                events = await asyncio.to_thread(lambda: list(iter_event_dicts(path)))
+            if judge is not None:
+                try:
+                    labels = await label_fn(events, judge, context)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a judge fault leaves the episode unlabelled, the sweep goes on
+                    summary.judge_failures += 1
+                    console.print(f"[yellow]judge failed on {ep.episode_id}: {str(exc).splitlines()[0]}[/]")
                 else:
-                    from scene_sim.events import iter_event_dicts
+                    await run_dir.awrite_labels(ep.episode_id, labels)
+                    summary.judged += 1
 
-                    path = run_dir.episode_path(ep.episode_id)
-                    events = await asyncio.to_thread(lambda: list(iter_event_dicts(path)))
-                if judge is not None:
-                    try:
-                        labels = await label_fn(events, judge, context)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # a judge fault leaves the episode unlabelled, the sweep goes on
-                        summary.judge_failures += 1
-                        console.print(f"[yellow]judge failed on {ep.episode_id}: {str(exc).splitlines()[0]}[/]")
-                    else:
-                        await run_dir.awrite_labels(ep.episode_id, labels)
-                        summary.judged += 1
-            finally:
-                running -= 1
-                finished_cost_episodes += 1
-                semaphore.release()
+        async def _simulate(ep: PlannedEpisode) -> list[dict[str, Any]]:
+            model = SceneModel(
+                scenario=bank.get(ep.scenario_id),
+                subject=ep.subject,
+                personas=spec.personas,
+                orchestrator=spec.orchestrator,
+                judge=judge,
+                max_turns=spec.run.max_turns,
+                seed=ep.seed,
+                rep=ep.rep,
+                min_post_sanction_turns=spec.run.min_post_sanction_turns,
+                temperature=spec.run.temperature,
+                context=context,
+                episode_id=ep.episode_id,
+                persona_calls=spec.run.persona_calls,
+            )
+            result = await model.arun()
+            events = result.events
+            model.dispose()  # freed now, not by a collector pass that stalls the loop
+            del model
+            await run_dir.awrite_episode(ep.episode_id, events)
+            summary.simulated += 1
+            summary.end_reasons[result.end_reason] = summary.end_reasons.get(result.end_reason, 0) + 1
+            if result.end_reason == "error":
+                summary.errors += 1
+            return events
 
-        # Finished tasks are dropped as they end (not kept to the end), so memory stays flat in the plan's size.
-        pending: set[asyncio.Task[None]] = set()
-        crashed: list[BaseException] = []
-        launched = 0
-        with _batch_gc(), _Progress(len(plan), summary.already_done, quiet=quiet, console=console) as progress:
-
-            def finished(task: asyncio.Task[None]) -> None:
-                pending.discard(task)
-                if task.cancelled():
-                    crashed.append(asyncio.CancelledError())
-                elif task.exception() is not None:
-                    crashed.append(task.exception())  # type: ignore[arg-type]
-                progress.update(progress.done + 1, _stats_line(context, summary))
-
-            for ep, simulate in todo:
-                await semaphore.acquire()
-                if budget is not None and simulate:
-                    spent = _spent(context)
-                    per_episode = spent / finished_cost_episodes if finished_cost_episodes else 0.0
-                    if spent + per_episode * (running + 1) > budget:
-                        semaphore.release()
-                        summary.budget_stopped = True
-                        summary.not_started = sum(1 for _, sim in todo[launched:] if sim)
-                        console.print(
-                            f"[bold yellow]budget: ${spent:.2f} spent, ${per_episode:.3f}/episode projected; "
-                            f"not starting {summary.not_started} more episodes (budget ${budget:.2f}); "
-                            "running episodes finish[/]"
-                        )
-                        break
-                running += 1
-                launched += 1
-                task = asyncio.create_task(one(ep, simulate))
-                pending.add(task)
-                task.add_done_callback(finished)
-            await asyncio.gather(*pending, return_exceptions=True)
-        if crashed:
-            summary.errors += len(crashed)
-            console.print(f"[red]{len(crashed)} episodes failed unexpectedly: {crashed[0]!r}[/]")
+        jobs = await run_jobs(
+            todo,
+            one,
+            concurrency=spec.run.concurrency,
+            context=context,
+            budget_usd=spec.budget.usd,
+            label="episodes",
+            already_done=summary.already_done,
+            quiet=quiet,
+            console=console,
+            name=lambda item: item[0].episode_id,
+            counts=lambda item: item[1],
+        )
+        summary.budget_stopped = jobs.budget_stopped
+        summary.not_started = jobs.not_started
+        if jobs.failed:
+            summary.errors += jobs.failed
+            console.print(f"[red]{jobs.failed} episodes failed unexpectedly: {jobs.failures[0]}[/]")
         summary.wall_time_s = round(time.perf_counter() - started, 3)
 
         session = {
