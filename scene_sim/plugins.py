@@ -18,12 +18,11 @@ generate``).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
-
-from scene_sim.errors import SceneSimError
 
 __all__ = ["ENTRY_POINT_GROUP", "Command", "CommandGroup", "Study", "add_cache_argument", "discover_studies"]
 
@@ -89,10 +88,12 @@ def _installed() -> tuple[Study, ...]:
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
             study = ep.load()
-        except Exception as exc:  # a broken plugin must not take the whole CLI down
-            raise SceneSimError(f"study '{ep.name}' ({ep.value}) failed to load: {exc}") from None
+        except Exception as exc:  # a broken plugin must not take the whole CLI down: say so, go on
+            print(f"scene-sim: warning: study '{ep.name}' ({ep.value}) failed to load: {exc}", file=sys.stderr)
+            continue
         if not isinstance(study, Study):
-            raise SceneSimError(f"study '{ep.name}' ({ep.value}) is not a scene_sim.plugins.Study")
+            print(f"scene-sim: warning: study '{ep.name}' ({ep.value}) is not a Study; skipped", file=sys.stderr)
+            continue
         found.append(study)
     return tuple(found)
 

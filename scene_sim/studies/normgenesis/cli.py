@@ -1,0 +1,11 @@
+"""``scene-sim normgenesis ...``: the NormGenesis commands."""
+
+from __future__ import annotations
+
+from scene_sim.plugins import CommandGroup
+
+__all__ = ["register"]
+
+
+def register(group: CommandGroup) -> None:
+    """Add these commands to ``group``."""
