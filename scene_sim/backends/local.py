@@ -51,6 +51,7 @@ __all__ = [
     "GGUF_FILE",
     "MODEL_NAME",
     "LocalBackend",
+    "converted_model_dir",
     "gguf_path",
     "load_int4",
     "model_cache_dir",
@@ -169,6 +170,19 @@ def _convert(gguf: Path, target: Path) -> tuple[Any, Any]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return model, tokenizer
+
+
+def converted_model_dir() -> Path:
+    """The embedded model as a transformers folder (config, safetensors, tokenizer), converted on first use.
+
+    Training (``clca train --model local``) and evaluation load it with
+    ``from_pretrained``; an adapter trained on it loads as ``local?adapter=DIR``.
+    """
+    gguf = gguf_path()
+    folder = model_cache_dir()
+    if not _cache_ok(folder, gguf):
+        _convert(gguf, folder)
+    return folder
 
 
 @functools.cache
