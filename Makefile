@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench setup clean
+.PHONY: demo test test-py312 lint bench setup clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The offline part of the suite under Python 3.12 (which resolves Mesa 3.5), without the
+# torch extras: tests that need them skip. CI runs it after `make test`.
+PY312 ?= $(shell command -v python3.12 || echo $(HOME)/.pyenv/versions/3.12.1/bin/python)
+VENV312 ?= .venv312
+$(VENV312)/.installed: pyproject.toml Makefile
+	$(PY312) -m venv $(VENV312)
+	$(VENV312)/bin/python -m pip --disable-pip-version-check -q install -e ".[dev]"
+	touch $@
+
+test-py312: $(VENV312)/.installed
+	$(VENV312)/bin/python -m pytest -q -n 2 -m "not slow and not browser"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -35,4 +47,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/local_backend.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV312) .pytest_cache .ruff_cache
