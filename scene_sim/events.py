@@ -3,7 +3,9 @@
 Every line has ``seq`` (0, 1, 2, ... in file order), ``turn`` (orchestrator
 tick, 0 before the first) and ``kind``. Writers use :class:`EventLog`;
 readers use :func:`read_events` / :func:`parse_event`, which return typed
-records and keep unknown extra keys.
+records and keep unknown extra keys. Every field the contract lists for a
+kind is required (no defaults), so :func:`parse_event` is the contract check:
+a writer that drops one fails it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ __all__ = [
     "read_events",
 ]
 
-END_REASONS = ("max_turns", "subject_silent", "post_sanction", "fidelity_fail", "error")
+#: ``episode_end.reason`` values: SCENE's protocol ends, a backend failure (``error``) and a
+#: model call refused by the run's budget (``budget``: the episode is re-simulated on resume).
+END_REASONS = ("max_turns", "subject_silent", "post_sanction", "fidelity_fail", "error", "budget")
+EndReason = Literal["max_turns", "subject_silent", "post_sanction", "fidelity_fail", "error", "budget"]
 
 
 class _Event(BaseModel):
@@ -48,12 +53,12 @@ class EpisodeStart(_Event):
     """First line: the scenario, tuple, subject, models and seed."""
 
     kind: Literal["episode_start"]
-    episode_id: str = ""
+    episode_id: str
     scenario_id: str
     tuple: dict[str, Any]
     subject: str
     models: dict[str, str | None]
-    seed: int | None = None
+    seed: int | None  # required: null only for an unseeded episode
 
 
 class TurnStart(_Event):
@@ -78,13 +83,13 @@ class ModelCall(_Event):
     kind: Literal["model_call"]
     actor: str
     model: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    latency_s: float = 0.0
-    attempts: int = 1
-    cache_hit: bool = False
-    error: str | None = None
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    cached_tokens: int = Field(ge=0)
+    latency_s: float = Field(ge=0)
+    attempts: int = Field(ge=0)  # 0: served from the cache, or refused by the budget
+    cache_hit: bool
+    error: str | None
 
 
 class ActionEvent(_Event):
@@ -93,10 +98,10 @@ class ActionEvent(_Event):
     kind: Literal["action"]
     actor: str
     action: Literal["message", "react", "no-op"]
-    content: str = ""
-    target_turn_id: int | None = None
-    turn_id: int | None = None
-    parse_failure: bool = False
+    content: str
+    target_turn_id: int | None
+    turn_id: int | None
+    parse_failure: bool
 
 
 class Route(_Event):
@@ -113,7 +118,7 @@ class EpisodeEnd(_Event):
     """Last line: why the episode ended."""
 
     kind: Literal["episode_end"]
-    reason: Literal["max_turns", "subject_silent", "post_sanction", "fidelity_fail", "error"]
+    reason: EndReason
 
 
 Event = Annotated[

@@ -37,17 +37,22 @@ from scene_sim.actions import NoOp
 from scene_sim.agents import ChatAgent, Decision
 from scene_sim.backends import model_call_fields
 from scene_sim.backends.base import GenerateRequest, GenerateResponse
+from scene_sim.budget import BudgetExceeded
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
 from scene_sim.events import EventLog
 from scene_sim.modelspec import ModelSpec
 from scene_sim.world import ChatTurn, ChatWorld
 
-__all__ = ["ConversationModel", "EpisodeError", "EpisodeResult", "slug"]
+__all__ = ["ConversationModel", "EpisodeBudgetReached", "EpisodeError", "EpisodeResult", "slug"]
 
 
 class EpisodeError(Exception):
     """A backend failure that ends the episode with reason ``error``."""
+
+
+class EpisodeBudgetReached(EpisodeError):
+    """The run's budget refused a model call: the episode ends with reason ``budget`` (resumable)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,7 @@ class ConversationModel(mesa.Model):
 
         Raises:
             EpisodeError: when the backend fails for good (the episode ends with ``error``).
+            EpisodeBudgetReached: when the run's budget refuses the call (the episode ends with ``budget``).
 
         """
         if log_prompt:
@@ -191,8 +197,11 @@ class ConversationModel(mesa.Model):
             raise
         except Exception as exc:  # a provider fault must end this episode, never the sweep
             fields = model_call_fields(exc, actor.model_string)
+            if isinstance(exc, BudgetExceeded):
+                fields["attempts"] = 0  # refused before any request was sent
             self.log.emit("model_call", self.tick, actor=actor.name, **fields)
-            raise EpisodeError(f"{actor.model_string}: {fields['error']}") from None
+            cls = EpisodeBudgetReached if isinstance(exc, BudgetExceeded) else EpisodeError
+            raise cls(f"{actor.model_string}: {fields['error']}") from None
         fields = model_call_fields(response, actor.model_string)
         self.log.emit("model_call", self.tick, actor=actor.name, **fields, retries=list(response.retries))
         return response
@@ -275,7 +284,7 @@ class ConversationModel(mesa.Model):
             await self.play_tick()
         except EpisodeError as exc:
             self.error = str(exc)
-            self.end("error")
+            self.end("budget" if isinstance(exc, EpisodeBudgetReached) else "error")
         self.collect()
 
     def collect(self) -> None:

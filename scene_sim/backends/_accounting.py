@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import tomllib
@@ -124,16 +125,30 @@ class PriceTable:
         return cls(prices, str(resolved))
 
     def lookup(self, model: str) -> Price | None:
-        """Return the price of ``model`` (options after ``?`` ignored), or None when unknown."""
+        """Return the price of ``model`` (options after ``?`` ignored), or None when unknown.
+
+        A model priced only through a family key (``anthropic/claude-opus-4`` for
+        ``anthropic/claude-opus-4-7``) is logged as a warning once: a newer
+        model of a family often has a different price.
+        """
         if model not in self._memo:
-            self._memo[model] = self._lookup(model)
+            hit = self.match(model)
+            self._memo[model] = hit[1] if hit else None
+            if hit and self.is_family_match(model, hit[0]):
+                log.warning(
+                    "price of '%s' taken from the family entry '%s' of %s; add its own entry if it differs",
+                    _model_key(model),
+                    hit[0],
+                    self.source or "the price table",
+                )
         return self._memo[model]
 
-    def _lookup(self, model: str) -> Price | None:
+    def match(self, model: str) -> tuple[str, Price] | None:
+        """The table key that prices ``model`` and its price (None when unknown)."""
         key = _model_key(model)
         if key in self.prices:
-            return self.prices[key]
-        best: tuple[int, Price] | None = None
+            return key, self.prices[key]
+        best: tuple[int, str, Price] | None = None
         for name, price in self.prices.items():
             if name.endswith("*"):
                 hit = key.startswith(name[:-1])
@@ -142,13 +157,35 @@ class PriceTable:
                 hit = key.startswith(name + "-")
                 length = len(name)
             if hit and (best is None or length > best[0]):
-                best = (length, price)
-        return best[1] if best else None
+                best = (length, name, price)
+        return (best[1], best[2]) if best else None
+
+    @staticmethod
+    def is_family_match(model: str, key: str) -> bool:
+        """Whether ``key`` prices ``model`` as a family member, not as the model or a dated version of it.
+
+        Exact keys, wildcard keys (``hf/*``: free by design) and date suffixes
+        (``-20250929``, ``-2025-04-14``, ``-latest``, ``-preview``) are not family matches.
+        """
+        name = _model_key(model)
+        if key == name or key.endswith("*"):
+            return False
+        suffix = name[len(key) + 1 :]
+        return re.fullmatch(r"(\d{8}|\d{4}-\d{2}-\d{2}|latest|preview(-\d{2}-\d{2})?)", suffix) is None
 
     def cost(self, model: str, usage: Usage) -> float | None:
         """USD for ``usage`` on ``model``, None when the model has no price."""
         price = self.lookup(model)
         return None if price is None else price.cost(usage)
+
+    def family_matched(self, models: list[str] | tuple[str, ...]) -> dict[str, str]:
+        """Of ``models``, those priced only through a family key: model -> key."""
+        out: dict[str, str] = {}
+        for model in models:
+            hit = self.match(model)
+            if hit and self.is_family_match(model, hit[0]):
+                out[_model_key(model)] = hit[0]
+        return out
 
 
 @dataclass(slots=True)

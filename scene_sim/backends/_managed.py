@@ -41,8 +41,10 @@ from scene_sim.backends.base import (
     ErrorKind,
     GenerateRequest,
     GenerateResponse,
+    Usage,
     redact,
 )
+from scene_sim.budget import Budget, BudgetExceeded
 from scene_sim.errors import SceneSimError
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "decode_json",
     "match_choice",
     "model_call_fields",
+    "projected_usage",
 ]
 
 #: Attempts per call (the first one included).
@@ -330,6 +333,18 @@ def _estimate_tokens(request: GenerateRequest) -> int:
     return math.ceil(chars / 4)
 
 
+def projected_usage(request: GenerateRequest) -> Usage:
+    """The most a request is expected to spend: its prompt (schema included) and ``max_tokens`` of output.
+
+    The budget reserves this before an attempt starts; prompt tokens are
+    estimated at four characters a token, with no prefix-cache discount.
+    """
+    schema_chars = len(json.dumps(request.schema)) if request.schema is not None else 0
+    choice_chars = sum(len(c) for c in request.choices or ())
+    prompt = _estimate_tokens(request) + math.ceil((schema_chars + choice_chars) / 4)
+    return Usage(input_tokens=prompt, output_tokens=max(int(request.max_tokens or 0), 0))
+
+
 # -- the wrapper --------------------------------------------------------------------
 
 
@@ -353,6 +368,8 @@ class ManagedBackend:
         backoff_max_s: the largest backoff ceiling.
         max_wait_s: the longest wait honoured from a provider's retry-after.
         owns_cache: close the cache in :meth:`aclose`.
+        budget: the run's hard spending cap (None: none); every attempt reserves
+            its projected cost (:func:`projected_usage` at the model's price) first.
 
     """
 
@@ -371,6 +388,7 @@ class ManagedBackend:
         backoff_max_s: float = 60.0,
         max_wait_s: float = 300.0,
         owns_cache: bool = False,
+        budget: Budget | None = None,
     ) -> None:
         if max_attempts < 1:
             raise SceneSimError(f"max_attempts must be at least 1, got {max_attempts}")
@@ -392,6 +410,7 @@ class ManagedBackend:
         self.max_wait_s = max_wait_s
         self._owns_cache = owns_cache
         self._random = random.Random()
+        self.budget = budget
 
     def __repr__(self) -> str:
         return f"ManagedBackend({self.model_string!r}, cache={self.cache!r})"
@@ -490,6 +509,31 @@ class ManagedBackend:
                 _TokenWindow.settle(entry, response.usage.input_tokens + response.usage.output_tokens)
         return response, latency
 
+    async def _budgeted_attempt(self, request: GenerateRequest) -> tuple[GenerateResponse, float]:
+        """One attempt within the budget: reserve its projected cost, settle the actual cost.
+
+        Raises:
+            BudgetExceeded: the reservation was refused (no request is sent).
+
+        """
+        if self.budget is None:
+            return await self._attempt(request)
+        model = self.model_string
+        estimate = self.accountant.prices.cost(model, projected_usage(request))
+        reserved = estimate or 0.0  # an unpriced model cannot be bound (the run was allowed to use it)
+        if not self.budget.try_reserve(reserved):
+            raise BudgetExceeded(
+                f"{model}: budget of ${self.budget.limit_usd:.2f} reached "
+                f"(${self.budget.spent_usd:.4f} spent; this call could cost ${reserved:.4f})"
+            )
+        actual = 0.0
+        try:
+            response, latency = await self._attempt(request)
+            actual = self.accountant.prices.cost(model, response.usage) or 0.0
+        finally:
+            self.budget.settle(reserved, actual)
+        return response, latency
+
     def _classify(self, exc: BaseException) -> BackendError:
         if isinstance(exc, BackendError):
             return exc
@@ -528,6 +572,7 @@ class ManagedBackend:
 
         Raises:
             FatalBackendError: a fatal provider error (first occurrence, no retry).
+            BudgetExceeded: the run's budget refused the next attempt.
             CallFailed: every attempt failed with retryable errors.
 
         """
@@ -554,9 +599,9 @@ class ManagedBackend:
         retries: list[dict[str, Any]] = []
         for attempt in range(1, self.max_attempts + 1):
             try:
-                raw, latency = await self._attempt(sent)
+                raw, latency = await self._budgeted_attempt(sent)
                 response = self._normalise(request, raw)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, BudgetExceeded):
                 raise
             except Exception as exc:
                 error = self._classify(exc)

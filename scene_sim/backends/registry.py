@@ -21,6 +21,7 @@ from scene_sim.backends._accounting import Accountant
 from scene_sim.backends._cache import CacheMode, ResponseCache
 from scene_sim.backends._managed import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S, ManagedBackend
 from scene_sim.backends.base import Backend
+from scene_sim.budget import Budget
 from scene_sim.errors import SceneSimError, suggest
 from scene_sim.modelspec import ModelSpec
 
@@ -65,8 +66,8 @@ def backend_class(provider: str) -> type[Backend]:
     """
     if provider == "scripted":
         raise SceneSimError(
-            "'scripted' models are offline policies, not model backends: the agents run them directly "
-            "(use scripted/<policy> as a --subject/--personas/--orchestrator/--judge model, not with create_backend)"
+            "'scripted' models are offline policies, not model backends: the study's agents run them directly "
+            "(use scripted/<policy> as a --subject, --personas, --orchestrator or --judge model)"
         )
     if provider == "human":
         raise SceneSimError("'human' is a person at the terminal (scene-sim play), not a model backend")
@@ -109,6 +110,7 @@ def create_backend(
     tpm: float | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    budget: Budget | None = None,
 ) -> ManagedBackend:
     """Build the managed backend for a model string.
 
@@ -123,6 +125,7 @@ def create_backend(
         tpm: tokens per minute (None: unlimited).
         timeout_s: per-attempt timeout in seconds.
         max_attempts: attempts per call, the first included.
+        budget: the run's hard spending cap (None: none).
 
     Returns:
         The :class:`ManagedBackend`.
@@ -179,5 +182,6 @@ def create_backend(
         backend,
         cache=cache,
         accountant=accountant,
+        budget=budget,
         **managed,
     )
