@@ -33,7 +33,7 @@ PY312 ?= $(shell command -v python3.12 || echo $(HOME)/.pyenv/versions/3.12.1/bi
 VENV312 ?= .venv312
 $(VENV312)/.installed: pyproject.toml Makefile
 	$(PY312) -m venv $(VENV312)
-	$(VENV312)/bin/python -m pip --disable-pip-version-check -q install -e ".[dev]"
+	$(VENV312)/bin/python -m pip --disable-pip-version-check -q install -e ".[dev,anthropic,google,openai,retrieval]"
 	touch $@
 
 test-py312: $(VENV312)/.installed

@@ -164,7 +164,6 @@ def test_batch_run_returns_rows(bank):
     rows = mesa.batch_run(
         SceneModel,
         parameters={"scenario": ids, "subject": ["scripted/learner", "scripted/always-message"], "seed": [0, 1]},
-        iterations=1,
         max_steps=50,
         number_processes=1,
         display_progress=False,
