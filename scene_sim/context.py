@@ -77,6 +77,13 @@ class RunContext:
         self._backends[model] = managed
         return managed
 
+    def set_budget(self, budget: Budget | float | None) -> None:
+        """Install the run's hard budget, on the backends made so far as on those to come."""
+        self.budget = Budget(budget) if isinstance(budget, int | float) else budget
+        for managed in self._backends.values():
+            if hasattr(managed, "budget"):
+                managed.budget = self.budget
+
     def has(self, model: str) -> bool:
         """Whether a backend for ``model`` exists already (built-in or added)."""
         return model in self._backends

@@ -8,7 +8,9 @@ study pipelines (``clca pipeline``, ``normgenesis generate``) run on:
 * an item whose ``work`` raises is counted as failed and the run goes on
   (no model output, API fault or bug in one item ends the run);
 * with a budget, no new item starts once the money spent plus the projected
-  cost of the items in flight would pass it;
+  cost of the items in flight would pass it, and underneath, no model call
+  starts once it could pass it (the context's :class:`~scene_sim.budget.Budget`,
+  installed here when the context has none): calls in flight finish;
 * progress shows items done, calls, tokens, live cost and failures;
 * finished tasks are dropped as they end, so memory stays flat in the
   number of items, and the collector is tuned for a long batch.
@@ -110,7 +112,8 @@ async def run_jobs(
         work: the coroutine function for one item; what it raises counts as a failure.
         concurrency: items in flight at once (>= 1).
         context: the run's backends, for live accounting and the budget.
-        budget_usd: stop starting items once spend plus projected spend would pass it.
+        budget_usd: stop starting items once spend plus projected spend would pass it; also
+            the hard cap of every model call (when ``context`` has no budget of its own).
         label: what the items are called in the progress display ("episodes", "dialogues").
         already_done: items done before this run (shown as done in the progress).
         quiet: log lines instead of a progress bar.
@@ -126,6 +129,8 @@ async def run_jobs(
         raise SceneSimError(f"concurrency must be at least 1, got {concurrency}")
     if budget_usd is not None and budget_usd < 0:
         raise SceneSimError(f"budget must be 0 or more, got {budget_usd}")
+    if budget_usd is not None and context is not None and context.budget is None:
+        context.set_budget(budget_usd)
     console = console or Console(stderr=True)
     started = time.perf_counter()
     summary = JobsSummary(planned=already_done + len(items))
@@ -174,11 +179,22 @@ async def run_jobs(
             pending.add(task)
             task.add_done_callback(finished)
         await asyncio.gather(*pending, return_exceptions=True)
+    if _budget_refused(context):
+        summary.budget_stopped = True  # some items were cut short by the hard cap
     summary.wall_time_s = round(time.perf_counter() - started, 3)
     return summary
 
 
+def _budget_refused(context: RunContext | None) -> bool:
+    budget = getattr(context, "budget", None)
+    return budget is not None and bool(getattr(budget, "refused", 0))
+
+
 def _over_budget(context: RunContext | None, budget: float, finished: int, running: int) -> bool:
-    spent = spent_usd(context)
-    per_item = spent / finished if finished else 0.0
+    if _budget_refused(context):
+        return True  # the hard cap already refused a call: every new item would be cut short
+    session = spent_usd(context)
+    per_item = session / finished if finished else 0.0
+    hard = getattr(context, "budget", None)
+    spent = float(hard.spent_usd) if hard is not None else session  # the cap's spend includes earlier sessions
     return spent + per_item * (running + 1) > budget

@@ -180,7 +180,10 @@ async def test_play_in_process_logs_a_normal_episode_and_hides_hidden_fields(tmp
 
     shown = out.getvalue()
     assert "there is no turn t99" in shown and "unknown command /nope" in shown and "empty line" in shown
-    assert "(after_action)" in shown and "you: hello all" in shown and "you reacted 👍 to t1" in shown
+    assert "someone just posted; your turn" in shown and "you: hello all" in shown and "you reacted 👍 to t1" in shown
+    # internal names (prompt reasons, end reasons) are for the analysis, not the player
+    for name in ("after_action", "floor_open", "max_turns", "subject_silent", "post_sanction", "fidelity_fail"):
+        assert name not in shown, name
     # the player sees what a subject sees, never the hidden side
     sc = scenario_source().get(SCENARIO)
     hidden = [taxonomy_at(None).norm(sc.tuple.norm).norm_text, *(p.outline for p in sc.hidden.personas)]
@@ -269,7 +272,7 @@ def test_play_through_a_pseudo_terminal(tmp_path):
     try:
         game.expect_count(prompt, 1)
         assert "type a message and press Enter" in game.text  # the help line
-        assert "(after_action)" in game.text  # the prompt reason
+        assert "someone just posted; your turn" in game.text and "after_action" not in game.text
         game.send("hello all\n")
         game.expect_count(prompt, 2)
         game.send("/react 1 👍\n")

@@ -1234,7 +1234,7 @@ def audit_rules(
         "end_reason": episode.end_reason,
     }
     invalid, partial = [], []
-    if episode.end_reason in ("fidelity_fail", "error"):
+    if episode.end_reason in ("fidelity_fail", "error", "budget"):
         invalid.append(f"the episode ended with '{episode.end_reason}'")
     if demos + persona_sanctions < min_demonstrations:
         invalid.append(f"personas gave {demos} demonstration(s) and no in-register sanction")
@@ -1254,15 +1254,34 @@ def audit_rules(
         label, reasons = "PARTIAL", partial
     else:
         label, reasons = "VALID", []
-    justification = (
-        "; ".join(reasons).capitalize() + "."
-        if reasons
-        else f"Personas demonstrated the norm ({demos} turns)"
-        + (", sanctioned the subject's breach in the assigned modality" if delivered else "")
-        + (", and completed the precedent first" if precedent_ok else "")
-        + "."
-    )
+    justification = "; ".join(reasons).capitalize() + "." if reasons else _valid_justification(checks)
     return {"label": label, "justification": justification, "source": "rules", "checks": checks}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _valid_justification(checks: dict[str, Any]) -> str:
+    """Why a VALID episode is valid, from what actually happened in it."""
+    demos, sanctions = int(checks["demonstrations"]), int(checks["persona_sanctions"])
+    if demos:
+        shown = f"personas demonstrated the norm in {_plural(demos, 'turn')}"
+    elif sanctions:
+        shown = f"personas showed the norm through {_plural(sanctions, 'in-register sanction')} (no demonstration)"
+    else:
+        shown = "no persona demonstration was required"
+    parts = [shown]
+    if checks["sanction_delivered"]:
+        parts.append("sanctioned the subject's breach in the assigned modality")
+    elif checks["subject_breached"]:
+        parts.append("the subject's breach came too late to be answered")
+    else:
+        parts.append("the subject did not breach")
+    if checks["precedent_complete"]:
+        parts.append("completed the precedent first")
+    text = ", ".join(parts[:-1]) + (", and " if len(parts) > 2 else " and ") + parts[-1]
+    return text[0].upper() + text[1:] + "."
 
 
 class RuleAuditor:

@@ -103,6 +103,22 @@ _REASONS = {
     "after_action": "someone just posted; your turn",
     "floor_open": "nobody else said anything this round; the floor is open",
 }
+#: Why an episode ended, in the player's words (the log's reason names are for the analysis).
+_END_WORDS = {
+    "max_turns": "the last round has been played",
+    "subject_silent": "you stayed silent three rounds in a row",
+    "post_sanction": "the group has reacted to you and the scene is complete",
+    "fidelity_fail": "a persona gave the hidden norm away, so the scene was stopped",
+    "error": "a model call failed",
+    "budget": "the run's budget was reached",
+}
+
+
+def end_words(reason: str | None) -> str:
+    """The player-facing sentence for an end reason (never the internal name)."""
+    return _END_WORDS.get(str(reason), "the scene has ended")
+
+
 # Actor colours as in scene_sim.studies.scene.display (the player is bold white).
 _PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_red")
 
@@ -294,7 +310,7 @@ class PlayerChat:
             if event.get("error") == QUIT_ERROR:
                 self.console.print(Text("you left the chat; the episode is over.", style="bold"))
             else:
-                self.console.print(Text(f"the episode is over ({event.get('reason')}).", style="bold"))
+                self.console.print(Text(f"the episode is over: {end_words(event.get('reason'))}.", style="bold"))
 
     def _name(self, actor: str) -> Text:
         if actor == self.me:
@@ -349,7 +365,7 @@ class PlayerChat:
     def ask(self, reason: str) -> None:
         """Print the prompt line for a subject prompt with ``reason``."""
         why = _REASONS.get(reason, "your turn")
-        self.console.print(Text(f"({reason}) {why}", style="grey50"))
+        self.console.print(Text(why, style="grey50"))
         self.prompt()
 
     def prompt(self) -> None:
@@ -485,7 +501,9 @@ async def play_episode(
         agent_classes={"subject": factory},
         on_event=chat,
     )
-    chat.console.print(f"episode {outcome.result.episode_id}: {outcome.result.end_reason}")
+    last = outcome.result.events[-1] if outcome.result.events else {}
+    why = "you left the chat" if last.get("error") == QUIT_ERROR else end_words(outcome.result.end_reason)
+    chat.console.print(f"episode {outcome.result.episode_id} saved ({why})")
     chat.console.print(f"run directory: {outcome.run_dir.path}  (see it with: scene-sim view {outcome.run_dir.path})")
     return outcome
 

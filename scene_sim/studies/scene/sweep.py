@@ -3,17 +3,23 @@
 Every planned episode has a deterministic id and seed derived from the spec,
 so a run can be resumed after a crash: ``--resume`` re-plans, skips every
 episode whose files are complete, judges episodes that were simulated but
-not labelled, and runs the rest. Files are written atomically, so a kill -9
+not labelled, and runs the rest, re-simulating the episodes a budget cut
+short (``episode_end.reason == "budget"``). Files are written atomically, so a kill -9
 at any moment leaves whole files or none. Episodes run in one event loop,
 bounded by ``run.concurrency`` and, underneath, by each backend's limits;
 each episode is judged as soon as it ends, so judging overlaps with
 simulation.
+
+The budget (``[budget] usd``) is a hard cap over the whole run, earlier
+sessions included: no model call starts once spend plus the projected cost
+of the calls in flight would pass it (:class:`scene_sim.budget.Budget`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -62,8 +68,48 @@ class SweepSummary:
     judge_failures: int = 0
     budget_stopped: bool = False
     not_started: int = 0
+    cut_by_budget: int = 0
     wall_time_s: float = 0.0
     end_reasons: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def ended_by_budget(path: Path) -> bool:
+    """Whether the episode log at ``path`` ends with ``episode_end.reason == "budget"`` (reads its tail only)."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, 2)
+            fh.seek(max(size - 4096, 0))
+            tail = fh.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return False
+    if not tail:
+        return False
+    try:
+        last = json.loads(tail[-1])
+    except ValueError:
+        return False
+    return isinstance(last, dict) and last.get("kind") == "episode_end" and last.get("reason") == "budget"
+
+
+def _previous_spend(previous: dict[str, Any]) -> float:
+    """USD spent by the earlier sessions of a resumed run (from their accounting in run.json)."""
+    total = 0.0
+    for session in previous.get("sessions") or ():
+        cost = ((session.get("accounting") or {}).get("total") or {}).get("cost_usd")
+        if isinstance(cost, int | float):
+            total += float(cost)
+    return total
+
+
+def sweep_models(spec: SweepSpec) -> list[str]:
+    """Every model string the sweep may call (subjects, other roles, the scenario generator)."""
+    models = [*spec.subjects, spec.personas, spec.orchestrator]
+    if spec.judge:
+        models.append(spec.judge)
+    if spec.scenarios.source == "generate" and spec.scenarios.generator:
+        models.append(spec.scenarios.generator)
+    return models
 
 
 def _episode_seed(base: int, scenario_id: str, rep: int) -> int:
@@ -103,6 +149,8 @@ async def run_sweep(
     analyze: bool = True,
     spec_path: str | None = None,
     context: RunContext | None = None,
+    cache_mode: str | None = None,
+    allow_unpriced: bool = False,
 ) -> SweepSummary:
     """Run (or resume) a sweep into ``out``.
 
@@ -117,9 +165,12 @@ async def run_sweep(
         spec_path: recorded in run.json.
         context: backends to use (default: a new context from the spec's cache mode and limits;
             pass one to serve model strings with your own backends via ``RunContext.add``).
+        cache_mode: overrides the spec's ``run.cache`` (the ``--cache`` flag).
+        allow_unpriced: run under a budget although some models have no price.
 
     Raises:
-        SceneSimError: existing run without ``--resume``, or a changed spec on resume.
+        SceneSimError: existing run without ``--resume``, a changed spec on resume, or a
+            budget over unpriced models without ``allow_unpriced``.
 
     """
     console = console or Console(stderr=True)
@@ -137,7 +188,22 @@ async def run_sweep(
     run_dir.clean_temporaries()
 
     own_context = context is None
-    context = context or RunContext(cache_mode=spec.run.cache, limits=spec.limits)
+    context = context or RunContext(cache_mode=cache_mode or spec.run.cache, limits=spec.limits)
+    summary = SweepSummary(planned=0)
+    if spec.budget.usd is not None and context.budget is None:
+        context.set_budget(spec.budget.usd)
+    if context.budget is not None:
+        try:
+            summary.warnings = context.check_priced(sweep_models(spec), allow_unpriced=allow_unpriced)
+        except SceneSimError:
+            if own_context:
+                await context.aclose()
+            raise
+        for line in summary.warnings:
+            console.print(f"[yellow]warning: {line}[/]", highlight=False)
+        earlier = _previous_spend(previous) if resume else 0.0
+        if earlier:
+            context.budget.settle(0.0, earlier)  # the cap covers the whole run, not one session
     try:
         bank = await _scenarios(spec, run_dir, context, console, quiet=quiet)
         plan = plan_episodes(spec, bank)
@@ -158,9 +224,11 @@ async def run_sweep(
         have_labels = set(run_dir.labelled_ids())
         judge = spec.judge
         todo: list[tuple[PlannedEpisode, bool]] = []  # (episode, needs simulation)
-        summary = SweepSummary(planned=len(plan))
+        summary.planned = len(plan)
         for ep in plan:
             simulated = ep.episode_id in have_episode
+            if simulated and ended_by_budget(run_dir.episode_path(ep.episode_id)):
+                simulated = False  # cut short by a budget: not done, play it again
             labelled = judge is None or ep.episode_id in have_labels
             if simulated and labelled:
                 summary.already_done += 1
@@ -176,8 +244,13 @@ async def run_sweep(
                 path = run_dir.episode_path(ep.episode_id)
                 events = await asyncio.to_thread(lambda: list(iter_event_dicts(path)))
             if judge is not None:
+                # an episode the budget cut short is labelled offline (no money left for a judge);
+                # its audit marks it INVALID, so the statistics leave it out until it is re-run
+                cut = bool(events) and events[-1].get("reason") == "budget"
                 try:
-                    labels = await label_fn(events, judge, context)
+                    labels = await (
+                        _default_labeler(events, "scripted", context) if cut else label_fn(events, judge, context)
+                    )
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a judge fault leaves the episode unlabelled, the sweep goes on
@@ -212,6 +285,8 @@ async def run_sweep(
             summary.end_reasons[result.end_reason] = summary.end_reasons.get(result.end_reason, 0) + 1
             if result.end_reason == "error":
                 summary.errors += 1
+            elif result.end_reason == "budget":
+                summary.cut_by_budget += 1
             return events
 
         jobs = await run_jobs(
@@ -227,7 +302,7 @@ async def run_sweep(
             name=lambda item: item[0].episode_id,
             counts=lambda item: item[1],
         )
-        summary.budget_stopped = jobs.budget_stopped
+        summary.budget_stopped = jobs.budget_stopped or summary.cut_by_budget > 0
         summary.not_started = jobs.not_started
         if jobs.failed:
             summary.errors += jobs.failed
@@ -244,7 +319,11 @@ async def run_sweep(
             "accounting": context.accounting(),
         }
         record["sessions"] = [*record["sessions"], session]
-        complete = not summary.budget_stopped and summary.already_done + summary.simulated >= len(plan)
+        complete = (
+            not summary.budget_stopped
+            and summary.cut_by_budget == 0
+            and summary.already_done + summary.simulated >= len(plan)
+        )
         run_dir.write_run(
             {**record, "status": "complete" if complete else "incomplete", "accounting": context.accounting()}
         )

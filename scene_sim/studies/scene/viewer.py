@@ -265,6 +265,7 @@ def _episode_record(
         )
 
     label_pairs: list[list[int]] = []
+    labelled: dict[int, int] = {}  # chat turn id -> index in label_pairs: one label per turn of this chat
     has_breach: int | None = None
     validity = "unlabelled"
     justification = None
@@ -276,9 +277,13 @@ def _episode_record(
                 continue
             tid = _opt_int(item.get("turn_id"))
             label = str(item.get("label", ""))
-            if tid is None or not label:
-                continue
-            label_pairs.append([tid, strings(label)])
+            if tid is None or not label or tid not in actor_of:
+                continue  # a label of no chat turn (a judge's slip) would inflate the counts beside the chat
+            if tid in labelled:
+                label_pairs[labelled[tid]] = [tid, strings(label)]  # the last label of a turn wins
+            else:
+                labelled[tid] = len(label_pairs)
+                label_pairs.append([tid, strings(label)])
             actor = item.get("actor") or actor_of.get(tid)
             if label == "BREACH" and actor == subject_actor:
                 has_breach = 1

@@ -303,18 +303,26 @@
       el("span", { class: "chip" }, "precedent " + (e.t[4] == null ? "?" : e.t[4])),
       el("span", { class: "chip" }, "scenario " + e.sc)));
 
-    var labels = Object.create(null), labelCount = Object.create(null);
-    (e.l || []).forEach(function (p) {
-      var name = S[p[1]];
-      labels[p[0]] = name;
-      if (name !== "NONE") labelCount[name] = (labelCount[name] || 0) + 1;
+    // One label per chat turn (the last one given wins, as in the chat below), counted over the
+    // turns of this chat only, so a label count can never exceed the chat turns shown beside it.
+    var labels = Object.create(null), labelCount = Object.create(null), inChat = Object.create(null);
+    (e.a || []).forEach(function (a) { if (a[4] != null) inChat[a[4]] = true; });
+    (e.l || []).forEach(function (p) { labels[p[0]] = S[p[1]]; });
+    Object.keys(labels).forEach(function (tid) {
+      var name = labels[tid];
+      if (inChat[tid] && name !== "NONE") labelCount[name] = (labelCount[name] || 0) + 1;
     });
+    var chatTurns = e.n[0] + e.n[1];
     var outcome = el("div", { class: "chips outcome" },
       el("span", { class: "chip end-reason" }, "end: " + e.end),
       el("span", { class: "chip validity v-" + e.v, title: e.fj || "" }, e.v),
-      el("span", { class: "chip counts", "data-messages": e.n[0], "data-reactions": e.n[1], "data-noops": e.n[2] },
-        e.n[0] + " messages · " + e.n[1] + " reactions · " + e.n[2] + " no-ops"));
-    Object.keys(labelCount).sort().forEach(function (k) { outcome.appendChild(el("span", { class: "chip" }, labelBadge(k), " ×" + labelCount[k])); });
+      el("span", { class: "chip counts", "data-messages": e.n[0], "data-reactions": e.n[1], "data-noops": e.n[2],
+        title: "chat turns: messages and reactions posted (no-ops: prompts answered with silence)" },
+        chatTurns + " chat turns (" + e.n[0] + " messages · " + e.n[1] + " reactions) · " + e.n[2] + " no-ops"));
+    Object.keys(labelCount).sort().forEach(function (k) {
+      outcome.appendChild(el("span", { class: "chip label-count", "data-label": k, "data-count": labelCount[k],
+        title: "chat turns the judge labelled " + k }, labelBadge(k), " ×" + labelCount[k] + " turns"));
+    });
     art.appendChild(outcome);
     if (e.fj) art.appendChild(el("div", { class: "muted fidelity" }, "fidelity: " + e.fj));
     var em = e.em == null ? null : OBJ[e.em];
