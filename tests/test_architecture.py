@@ -47,7 +47,8 @@ def imports(path: Path, *, module_level: bool) -> set[str]:
                     base = ".".join([*anchor, base] if base else anchor)
                 if base.startswith("scene_sim"):
                     for a in node.names:  # `from pkg import module` imports the module
-                        found.add(f"{base}.{a.name}" if (ROOT / Path(*f"{base}.{a.name}".split("."))).with_suffix(".py").exists() else base)
+                        sub = f"{base}.{a.name}"
+                        found.add(sub if (ROOT / Path(*sub.split("."))).with_suffix(".py").exists() else base)
             if not module_level:
                 for field in ("body", "orelse", "finalbody", "handlers"):
                     visit([n for n in getattr(node, field, []) if isinstance(n, ast.stmt | ast.excepthandler)])  # type: ignore[arg-type]
