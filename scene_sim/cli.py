@@ -2,7 +2,8 @@
 
 The commands come from the studies (:mod:`scene_sim.plugins`). User mistakes
 (bad files, unknown ids, missing keys) print one line and exit with status
-2; nothing prints a traceback unless ``SCENE_SIM_DEBUG=1``.
+2; nothing prints a traceback unless ``SCENE_SIM_DEBUG=1``. A closed output
+pipe (``scene-sim scenarios | head -1``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -62,7 +63,13 @@ def main(argv: Sequence[str] | None = None, *, studies: Iterable[Study] = ()) ->
         if handler is None:
             (getattr(args, "group_parser", None) or parser).print_help()
             return 2
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit-time flush
+        return code
+    except BrokenPipeError:
+        # the reader stopped reading (| head): not an error of ours; silence the exit-time flush too
+        _silence_stdout()
+        return 0
     except SceneSimError as exc:
         if debug:
             raise
@@ -71,6 +78,15 @@ def main(argv: Sequence[str] | None = None, *, studies: Iterable[Study] = ()) ->
     except KeyboardInterrupt:
         print("scene-sim: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a captured stream): nothing to silence
+        pass
 
 
 if __name__ == "__main__":

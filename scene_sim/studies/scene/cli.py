@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from rich.console import Console
 
 from scene_sim.errors import SceneSimError
 from scene_sim.plugins import CommandGroup, add_cache_argument
+from scene_sim.studies.scene._args import float_range, int_range
 
 __all__ = ["register"]
 
@@ -46,18 +48,20 @@ def register(group: CommandGroup) -> None:
     p.add_argument("--personas", default="scripted", help="model string for every persona (default: scripted)")
     p.add_argument("--orchestrator", default="scripted", help="orchestrator model string (default: scripted)")
     p.add_argument("--judge", default="scripted", help="judge model string, or 'none' (default: scripted)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rep", type=int, default=0, help="repetition index")
-    p.add_argument("--max-turns", type=int, default=8)
+    p.add_argument("--seed", type=int_range(0), default=0)
+    p.add_argument("--rep", type=int_range(0), default=0, help="repetition index")
+    p.add_argument("--max-turns", type=int_range(1, 200), default=8)
     p.add_argument(
         "--post-sanction",
-        type=int,
+        type=int_range(0),
         default=None,
         metavar="N",
         help="end once a sanction was enacted and the subject had N more opportunities",
     )
     p.add_argument("--scenarios", help="scenario source to look the id up in (default: the shipped bank)")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature of model-driven agents")
+    p.add_argument(
+        "--temperature", type=float_range(0, 2), default=None, help="sampling temperature of model-driven agents (0-2)"
+    )
     p.add_argument(
         "--persona-calls",
         default="each",
@@ -82,17 +86,30 @@ def register(group: CommandGroup) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same spec")
     p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    p.add_argument(
+        "--allow-unpriced",
+        action="store_true",
+        help="run under the spec's budget although some models have no price (their calls are not limited)",
+    )
+    add_cache_argument(p)
+    p.set_defaults(cache=None)  # no --cache: the spec's run.cache decides
 
     p = group.add(
         "generate", _generate, help="generate scenarios with the two-stage generator into a .jsonl (resumable)"
     )
-    p.add_argument("--tuples", type=int, required=True, help="how many tuples to sample (coverage-greedy)")
-    p.add_argument("--reps", type=int, default=1, help="scenarios per tuple (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="sampler and request seed, part of every id (default 0)")
+    p.add_argument("--tuples", type=int_range(1), required=True, help="how many tuples to sample (coverage-greedy)")
+    p.add_argument("--reps", type=int_range(1), default=1, help="scenarios per tuple (default 1)")
+    p.add_argument(
+        "--seed", type=int_range(0), default=0, help="sampler and request seed, part of every id (default 0)"
+    )
     p.add_argument("--model", required=True, help="generator model string, e.g. google/gemini-3-flash-preview")
     p.add_argument("--out", required=True, help="output .jsonl; scenarios already in it are skipped")
-    p.add_argument("--concurrency", type=int, default=16, help="scenarios generated at once (default 16)")
-    p.add_argument("--max-attempts", type=int, default=3, help="model calls per stage before giving up (default 3)")
+    p.add_argument(
+        "--concurrency", type=int_range(1, 4096), default=16, help="scenarios generated at once (default 16)"
+    )
+    p.add_argument(
+        "--max-attempts", type=int_range(1, 20), default=3, help="model calls per stage before giving up (default 3)"
+    )
     add_cache_argument(p)
 
     from scene_sim.studies.scene.play import add_play_arguments
@@ -161,7 +178,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from scene_sim.studies.scene.display import print_summary, print_transcript
-    from scene_sim.studies.scene.runner import run_episode
+    from scene_sim.studies.scene.runner import episode_failure, run_episode
 
     judge = None if str(args.judge).lower() == "none" else args.judge
     outcome = asyncio.run(
@@ -189,6 +206,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     print_summary(_episode_rows(outcome), title="episode", console=console)
     console.print(f"run directory: {outcome.run_dir.path}")
+    failure = episode_failure(outcome)
+    if failure is not None:  # shown with --quiet too: a failed run must never look like a result
+        print(f"scene-sim: error: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -220,13 +241,24 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from scene_sim.studies.scene.runner import ensure_writable_dir
     from scene_sim.studies.scene.spec import load_spec
     from scene_sim.studies.scene.sweep import run_sweep
 
     spec = load_spec(args.spec)
+    ensure_writable_dir(args.out)
     console = Console(stderr=True)
     summary = asyncio.run(
-        run_sweep(spec, args.out, resume=args.resume, quiet=args.quiet, console=console, spec_path=args.spec)
+        run_sweep(
+            spec,
+            args.out,
+            resume=args.resume,
+            quiet=args.quiet,
+            console=console,
+            spec_path=args.spec,
+            cache_mode=args.cache,
+            allow_unpriced=args.allow_unpriced,
+        )
     )
     console.print(
         f"sweep '{spec.name}': {summary.already_done + summary.simulated}/{summary.planned} episodes done "
@@ -235,7 +267,17 @@ def _sweep(args: argparse.Namespace) -> int:
         highlight=False,
     )
     if summary.budget_stopped:
-        console.print(f"stopped by the budget: {summary.not_started} episodes not started; --resume after raising it")
+        console.print(
+            f"stopped by the budget: {summary.cut_by_budget} episodes cut short, {summary.not_started} not started; "
+            "raise [budget] usd and --resume to complete them",
+            highlight=False,
+        )
+    if summary.planned == 0:
+        print("scene-sim: error: the sweep planned no episodes (no scenario to run)", file=sys.stderr)
+        return 1
+    if summary.simulated == 0 and summary.already_done == 0 and summary.errors:
+        print(f"scene-sim: error: every episode failed ({summary.errors} errors)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -255,7 +297,11 @@ def _generate(args: argparse.Namespace) -> int:
         )
     )
     # non-zero only when nothing at all could be generated
-    return 0 if summary.written + summary.skipped_existing > 0 else 1
+    if summary.written + summary.skipped_existing > 0:
+        return 0
+    reasons = ", ".join(f"{k} {v}" for k, v in summary.rejected_by_reason.items()) or "no output"
+    print(f"scene-sim: error: no scenario generated ({summary.rejected} rejected: {reasons})", file=sys.stderr)
+    return 1
 
 
 def _view(args: argparse.Namespace) -> int:

@@ -1147,8 +1147,11 @@ async def generate_scenarios(
         raise SceneSimError(f"{path}: the output must be a .jsonl file")
     if path.is_dir():
         raise SceneSimError(f"{path}: is a folder, not a .jsonl file")
+    if reps < 1:
+        raise SceneSimError(f"--reps must be at least 1, got {reps}")
     tax = taxonomy or load_taxonomy()
     plan = plan_scenarios(tax, tuples, reps=reps, seed=seed)
+    created = not path.exists()  # a run that writes nothing must not leave an empty file it created
     try:
         done = _prepare_output(path)
     except OSError as exc:
@@ -1192,6 +1195,10 @@ async def generate_scenarios(
                 except BaseExceptionGroup as exc:
                     raise _first_error(exc) from None
     finally:
+        if created and summary.written == 0:
+            with contextlib.suppress(OSError):
+                if path.stat().st_size == 0:
+                    path.unlink()
         if own_context is not None:
             await own_context.aclose()
         if generator is not None:

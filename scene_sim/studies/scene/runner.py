@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,10 +12,52 @@ from typing import Any
 
 from scene_sim._version import __version__
 from scene_sim.context import RunContext
+from scene_sim.errors import SceneSimError
 from scene_sim.rundir import RunDir, package_versions
 from scene_sim.studies.scene.model import EpisodeResult, SceneModel
 
-__all__ = ["RunOutcome", "run_episode"]
+__all__ = ["RunOutcome", "ensure_writable_dir", "episode_failure", "run_episode"]
+
+
+def ensure_writable_dir(path: str | Path, what: str = "--out") -> Path:
+    """Create the folder ``path`` if needed and check that files can be written in it.
+
+    Called before any simulation, so a bad ``--out`` costs no model calls.
+
+    Raises:
+        SceneSimError: one line when ``path`` is a file, lies under a file, or cannot be written.
+
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise SceneSimError(f"{what} {folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = "a part of the path is a file" if isinstance(exc, NotADirectoryError | FileExistsError) else None
+        raise SceneSimError(f"{what} {folder}: cannot write there ({reason or exc.strerror or exc})") from None
+    return folder
+
+
+def episode_failure(outcome: RunOutcome) -> str | None:
+    """One line saying why a finished run failed (the episode or its judge), or None when it did not."""
+    res = outcome.result
+    if res.end_reason == "error":
+        end = res.events[-1] if res.events else {}
+        return f"episode {res.episode_id} ended with an error: {end.get('error') or 'see its event log'}"
+    if res.end_reason == "budget":
+        return f"episode {res.episode_id} was cut short by the budget"
+    try:
+        labels = outcome.run_dir.read_labels(res.episode_id) if outcome.analysis is not None else None
+    except (SceneSimError, OSError):
+        labels = None
+    judge = labels.get("judge") if isinstance(labels, dict) else None
+    if isinstance(judge, dict) and judge.get("judge_failure"):
+        return f"the judge failed on episode {res.episode_id}: {judge.get('error') or 'see its labels file'}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -89,6 +133,7 @@ async def run_episode(
             persona_calls=persona_calls,
             temperature=temperature,
         )
+        ensure_writable_dir(run_dir.path)  # before any model call: a bad --out must cost nothing
         spec = {
             "scenario": model.scene.id,
             "scenarios": scenarios,

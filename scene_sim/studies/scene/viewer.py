@@ -19,7 +19,6 @@ markup, so chat content (model output) cannot inject anything.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import html
 import json
@@ -474,10 +473,17 @@ def write_viewer(run_dir: str | Path, out: str | Path | None = None) -> Path:
         SceneSimError: if ``run_dir`` is not a run directory.
 
     """
+    if Path(run_dir).is_file():
+        raise SceneSimError(
+            f"{run_dir}: is a file, not a run directory (pass the folder that holds run.json and episodes/)"
+        )
     data = collect_viewer_data(run_dir)
     target = Path(out) if out is not None else Path(run_dir) / "viewer.html"
     if target.is_dir():
         target = target / "viewer.html"
+    from scene_sim.studies.scene.runner import ensure_writable_dir
+
+    ensure_writable_dir(target.parent, "--out")
     title = f"scene-sim · {data['run']['name']} · {len(data['episodes'])} episodes"
     atomic_write_text(target, render_viewer_html(data, title=title))
     return target
@@ -495,8 +501,12 @@ def run_view(args: argparse.Namespace) -> int:
     path = write_viewer(args.run_dir, args.out)
     print(f"viewer: {path}")
     if args.open:
-        with contextlib.suppress(Exception):  # no browser is not an error: the file is written
-            webbrowser.open(path.resolve().as_uri())
+        try:
+            opened = webbrowser.open(path.resolve().as_uri())
+        except Exception:  # a broken browser setup is no reason to fail: the file is written
+            opened = False
+        if not opened:
+            print(f"scene-sim: no web browser found to open the viewer; open {path} yourself", file=sys.stderr)
     return 0
 
 
