@@ -21,7 +21,6 @@ __all__ = [
     "Message",
     "NoOp",
     "React",
-    "action_from_parts",
     "extract_json",
     "parse_action",
 ]
@@ -77,15 +76,6 @@ class ActionParse:
     action: Action | None
     error: str | None = None
     data: dict[str, Any] | None = None
-
-
-def action_from_parts(kind: str, content: str = "", target_turn_id: int | None = None) -> Action:
-    """Build a typed action from its logged parts."""
-    if kind == "message":
-        return Message(content=content)
-    if kind == "react":
-        return React(content=content, target_turn_id=int(target_turn_id or 0))
-    return NoOp()
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)

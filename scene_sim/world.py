@@ -76,10 +76,6 @@ class ChatWorld:
             return self._turns[turn_id - 1]
         return None
 
-    def reactions_to(self, turn_id: int) -> list[ChatTurn]:
-        """Reactions posted on ``turn_id``."""
-        return [t for t in self._turns if t.kind == "react" and t.target_turn_id == turn_id]
-
     def last_message(self, *, exclude: str | None = None) -> ChatTurn | None:
         """The latest message, optionally not by ``exclude``."""
         for t in reversed(self._turns):

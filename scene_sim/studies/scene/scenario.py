@@ -242,10 +242,6 @@ class Scenario(_Model):
                 return p
         raise KeyError(name)
 
-    def subject_visible(self) -> dict[str, Any]:
-        """Exactly what the subject may be shown before the episode starts."""
-        return self.scaffold.model_dump(mode="json")
-
 
 def scaffold_leaks(scaffold: Scaffold, taxonomy: Taxonomy, norm_id: str | None = None) -> list[str]:
     """Terms in the subject-visible scaffold that would hint at a norm.
