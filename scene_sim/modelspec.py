@@ -19,10 +19,40 @@ from urllib.parse import parse_qsl
 
 from scene_sim.errors import SceneSimError, suggest
 
-__all__ = ["PROVIDERS", "ModelSpec"]
+__all__ = ["PROVIDERS", "PROVIDER_ALIASES", "ModelSpec"]
 
 #: Every provider prefix a model string may use.
 PROVIDERS = ("anthropic", "google", "openai", "hf", "local", "scripted", "fake", "human", "custom")
+
+#: What people write instead of a provider: model families, hosts and servers, mapped to the provider
+#: prefix that serves them (OpenAI-compatible servers and hosts are ``openai/...?base_url=...``).
+PROVIDER_ALIASES = {
+    "gemini": "google",
+    "gemma": "google",
+    "vertex": "google",
+    "vertexai": "google",
+    "googleai": "google",
+    "claude": "anthropic",
+    "gpt": "openai",
+    "chatgpt": "openai",
+    "o1": "openai",
+    "o3": "openai",
+    "o4": "openai",
+    "azure": "openai",
+    "openrouter": "openai",
+    "together": "openai",
+    "vllm": "openai",
+    "ollama": "openai",
+    "llama": "openai",
+    "mistral": "openai",
+    "qwen": "openai",
+    "deepseek": "openai",
+    "huggingface": "hf",
+    "hugging_face": "hf",
+    "transformers": "hf",
+    "smollm": "local",
+    "script": "scripted",
+}
 
 
 def _coerce(value: str) -> Any:
@@ -62,8 +92,9 @@ class ModelSpec:
         provider, _, name = body.partition("/")
         provider = provider.strip().lower()
         if provider not in PROVIDERS:
+            hint = suggest(provider, PROVIDERS, aliases=PROVIDER_ALIASES)
             raise SceneSimError(
-                f"unknown model provider '{provider}' in '{raw}'{suggest(provider, PROVIDERS)}; "
+                f"unknown model provider '{provider}' in '{raw}'{hint}; "
                 f"valid providers: {', '.join(PROVIDERS)} (e.g. anthropic/claude-sonnet-4-5, scripted/learner, local)"
             )
         if provider in ("anthropic", "google", "openai", "hf") and not name:

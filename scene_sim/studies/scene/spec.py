@@ -73,8 +73,8 @@ class ScenarioSource(_Strict):
     tuples: int | None = Field(default=None, ge=1)
     grid: dict[str, str | list[str | int]] | None = None
     generator: str | None = None
-    generator_reps: int = Field(default=1, ge=1)
-    seed: int = 0
+    generator_reps: int = Field(default=1, ge=1, le=1000)
+    seed: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _generate_needs(self) -> ScenarioSource:
@@ -117,14 +117,14 @@ class ScenarioSource(_Strict):
 class RunSettings(_Strict):
     """How each episode runs."""
 
-    reps: int = Field(default=1, ge=1)
+    reps: int = Field(default=1, ge=1, le=10_000)
     max_turns: int = Field(default=8, ge=1, le=200)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     concurrency: int = Field(default=32, ge=1, le=4096)
-    min_post_sanction_turns: int | None = Field(default=None, ge=0)
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    min_post_sanction_turns: int | None = Field(default=None, ge=0, le=200)
+    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
     cache: Literal["read-write", "read-only", "off"] = "read-write"
-    repair_window: int = Field(default=3, ge=0)
+    repair_window: int = Field(default=3, ge=0, le=200)
     #: "each": one model call per persona prompt (SCENE); "joint": one call for
     #: the personas still to act in a tick, up to the first who acts
     persona_calls: Literal["each", "joint"] = "each"
@@ -133,7 +133,7 @@ class RunSettings(_Strict):
 class Budget(_Strict):
     """Spend limit: no new episode starts once the projected spend would pass ``usd``."""
 
-    usd: float | None = Field(default=None, gt=0)
+    usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class SweepSpec(_Strict):
@@ -166,10 +166,16 @@ class SweepSpec(_Strict):
     @classmethod
     def _limits(cls, v: dict[str, dict[str, float | int]]) -> dict[str, dict[str, float | int]]:
         allowed = {"max_connections", "rpm", "tpm", "timeout_s", "max_attempts"}
+        whole = {"max_connections", "max_attempts"}
         for key, opts in v.items():
             unknown = set(opts) - allowed
             if unknown:
                 raise ValueError(f"limits.{key}: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+            for name, value in opts.items():
+                if isinstance(value, bool) or not value > 0 or value == float("inf"):
+                    raise ValueError(f"limits.{key}.{name}: must be a positive number, got {value!r}")
+                if name in whole and value != int(value):
+                    raise ValueError(f"limits.{key}.{name}: must be a whole number, got {value!r}")
         return v
 
     def fingerprint(self) -> str:
@@ -202,6 +208,9 @@ def load_spec(path: str | Path) -> SweepSpec:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        if err["type"] != "value_error" and isinstance(value, int | float | str) and not isinstance(value, bool):
+            msg += f", got {value!r}"
         raise SceneSimError(f"{p}: {loc + ': ' if loc else ''}{msg}") from None
     except SceneSimError as exc:
         raise SceneSimError(f"{p}: {exc}") from None
