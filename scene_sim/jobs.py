@@ -104,6 +104,7 @@ async def run_jobs(
     console: Console | None = None,
     name: Callable[[T], str] = str,
     counts: Callable[[T], bool] = lambda _item: True,
+    executor: Any = None,
 ) -> JobsSummary:
     """Await ``work(item)`` for each item, at most ``concurrency`` at a time.
 
@@ -120,6 +121,10 @@ async def run_jobs(
         console: where to print (default: stderr).
         name: an item's name in failure messages.
         counts: whether an item spends money (budget projection counts only those).
+        executor: None to run ``work(item)`` here, in this event loop; or a started
+            :class:`scene_sim.executors.RayExecutor`: each item's worker part then runs on a worker
+            and ``work(item, result)`` is the part that runs here (it stores the result), with
+            ``concurrency`` items in flight per worker.
 
     Returns:
         The summary; ``failures`` holds one line per failed item.
@@ -131,6 +136,8 @@ async def run_jobs(
         raise SceneSimError(f"budget must be 0 or more, got {budget_usd}")
     if budget_usd is not None and context is not None and context.budget is None:
         context.set_budget(budget_usd)
+    if executor is not None:  # the same loop below, feeding the executor's workers
+        work, concurrency = executor.bind(work), executor.slots(concurrency)
     console = console or Console(stderr=True)
     started = time.perf_counter()
     summary = JobsSummary(planned=already_done + len(items))

@@ -91,6 +91,14 @@ def register(group: CommandGroup) -> None:
         action="store_true",
         help="run under the spec's budget although some models have no price (their calls are not limited)",
     )
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=("local", "ray"),
+        help="local: one event loop (default); ray: episodes sharded over Ray workers "
+        "(joins RAY_ADDRESS when set, else starts a local cluster)",
+    )
+    p.add_argument("--workers", type=int_range(1), default=None, help="Ray workers (default: the cluster's CPUs)")
     add_cache_argument(p)
     p.set_defaults(cache=None)  # no --cache: the spec's run.cache decides
 
@@ -247,6 +255,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     ensure_writable_dir(args.out)
+    if args.workers is not None and args.executor != "ray":
+        raise SceneSimError("--workers needs --executor ray")
     console = Console(stderr=True)
     summary = asyncio.run(
         run_sweep(
@@ -258,6 +268,8 @@ def _sweep(args: argparse.Namespace) -> int:
             spec_path=args.spec,
             cache_mode=args.cache,
             allow_unpriced=args.allow_unpriced,
+            executor=args.executor,
+            workers=args.workers,
         )
     )
     console.print(

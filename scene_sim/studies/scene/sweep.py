@@ -33,14 +33,23 @@ from scene_sim._version import __version__
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
 from scene_sim.events import iter_event_dicts
-from scene_sim.jobs import run_jobs
+from scene_sim.executors import EXECUTORS
+from scene_sim.jobs import JobsSummary, run_jobs
 from scene_sim.rundir import RunDir, package_versions
 from scene_sim.studies.scene._catalog import scenario_source
 from scene_sim.studies.scene.model import SceneModel, episode_id_for
-from scene_sim.studies.scene.scenario import ScenarioBank
+from scene_sim.studies.scene.scenario import Scenario, ScenarioBank
 from scene_sim.studies.scene.spec import SweepSpec
 
-__all__ = ["PlannedEpisode", "SweepSummary", "plan_episodes", "run_sweep"]
+__all__ = [
+    "EpisodeOutcome",
+    "EpisodeTask",
+    "PlannedEpisode",
+    "SweepSummary",
+    "make_worker",
+    "plan_episodes",
+    "run_sweep",
+]
 
 Labeler = Callable[[list[dict[str, Any]], str, RunContext], Awaitable[dict[str, Any]]]
 
@@ -54,6 +63,28 @@ class PlannedEpisode:
     subject: str
     rep: int
     seed: int
+
+
+@dataclass(frozen=True)
+class EpisodeTask:
+    """One item of a sweep's batch: an episode to simulate (and judge), or only to judge."""
+
+    episode: PlannedEpisode
+    simulate: bool
+    #: the event log of an episode to judge only, when it goes to a worker without the run directory
+    events: tuple[dict[str, Any], ...] | None = None
+
+
+@dataclass(frozen=True)
+class EpisodeOutcome:
+    """What a worker's part of one item gives the driver to store."""
+
+    episode_id: str
+    events: list[dict[str, Any]]
+    #: the episode's end reason when it was simulated now (None: judged only)
+    end_reason: str | None
+    labels: dict[str, Any] | None
+    judge_error: str | None = None
 
 
 @dataclass
@@ -151,6 +182,8 @@ async def run_sweep(
     context: RunContext | None = None,
     cache_mode: str | None = None,
     allow_unpriced: bool = False,
+    executor: str = "local",
+    workers: int | None = None,
 ) -> SweepSummary:
     """Run (or resume) a sweep into ``out``.
 
@@ -167,12 +200,23 @@ async def run_sweep(
             pass one to serve model strings with your own backends via ``RunContext.add``).
         cache_mode: overrides the spec's ``run.cache`` (the ``--cache`` flag).
         allow_unpriced: run under a budget although some models have no price.
+        executor: ``local`` (one event loop here) or ``ray`` (episodes sharded over Ray workers,
+            ``run.concurrency`` in flight on each; see :mod:`scene_sim.executors`).
+        workers: Ray workers (default: the cluster's CPUs).
 
     Raises:
-        SceneSimError: existing run without ``--resume``, a changed spec on resume, or a
-            budget over unpriced models without ``allow_unpriced``.
+        SceneSimError: existing run without ``--resume``, a changed spec on resume, a
+            budget over unpriced models without ``allow_unpriced``, or ``ray`` with a
+            ``labeler`` or ``context`` of your own (they cannot travel to the workers).
 
     """
+    if executor not in EXECUTORS:
+        raise SceneSimError(f"--executor must be one of {', '.join(EXECUTORS)}, got '{executor}'")
+    if executor == "ray" and (labeler is not None or context is not None):
+        raise SceneSimError(
+            "--executor ray builds each worker's backends itself: a labeler or context of your own "
+            "runs only with --executor local"
+        )
     console = console or Console(stderr=True)
     started = time.perf_counter()
     run_dir = RunDir(out)
@@ -223,7 +267,7 @@ async def run_sweep(
         have_episode = set(run_dir.episode_ids())
         have_labels = set(run_dir.labelled_ids())
         judge = spec.judge
-        todo: list[tuple[PlannedEpisode, bool]] = []  # (episode, needs simulation)
+        todo: list[EpisodeTask] = []
         summary.planned = len(plan)
         for ep in plan:
             simulated = ep.episode_id in have_episode
@@ -233,34 +277,90 @@ async def run_sweep(
             if simulated and labelled:
                 summary.already_done += 1
             else:
-                todo.append((ep, not simulated))
+                todo.append(EpisodeTask(ep, simulate=not simulated))
         label_fn = labeler or _default_labeler
+        compute = _episode_work(spec, bank, context, label_fn, run_dir)
 
-        async def one(item: tuple[PlannedEpisode, bool]) -> None:
-            ep, simulate = item
-            if simulate:
-                events = await _simulate(ep)
-            else:
-                path = run_dir.episode_path(ep.episode_id)
-                events = await asyncio.to_thread(lambda: list(iter_event_dicts(path)))
-            if judge is not None:
-                # an episode the budget cut short is labelled offline (no money left for a judge);
-                # its audit marks it INVALID, so the statistics leave it out until it is re-run
-                cut = bool(events) and events[-1].get("reason") == "budget"
-                try:
-                    labels = await (
-                        _default_labeler(events, "scripted", context) if cut else label_fn(events, judge, context)
-                    )
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a judge fault leaves the episode unlabelled, the sweep goes on
-                    summary.judge_failures += 1
-                    console.print(f"[yellow]judge failed on {ep.episode_id}: {str(exc).splitlines()[0]}[/]")
-                else:
-                    await run_dir.awrite_labels(ep.episode_id, labels)
-                    summary.judged += 1
+        async def store(task: EpisodeTask, outcome: EpisodeOutcome) -> None:
+            # the driver's part, whichever the executor: only this process writes the run directory
+            eid = task.episode.episode_id
+            if outcome.end_reason is not None:
+                await run_dir.awrite_episode(eid, outcome.events)
+                summary.simulated += 1
+                summary.end_reasons[outcome.end_reason] = summary.end_reasons.get(outcome.end_reason, 0) + 1
+                if outcome.end_reason == "error":
+                    summary.errors += 1
+                elif outcome.end_reason == "budget":
+                    summary.cut_by_budget += 1
+            if outcome.judge_error is not None:
+                summary.judge_failures += 1
+                console.print(f"[yellow]judge failed on {eid}: {outcome.judge_error}[/]")
+            elif outcome.labels is not None:
+                await run_dir.awrite_labels(eid, outcome.labels)
+                summary.judged += 1
 
-        async def _simulate(ep: PlannedEpisode) -> list[dict[str, Any]]:
+        async def one(task: EpisodeTask) -> None:
+            await store(task, await compute(task))
+
+        jobs_args: dict[str, Any] = {
+            "concurrency": spec.run.concurrency,
+            "context": context,
+            "budget_usd": spec.budget.usd,
+            "label": "episodes",
+            "already_done": summary.already_done,
+            "quiet": quiet,
+            "console": console,
+            "name": lambda task: task.episode.episode_id,
+            "counts": lambda task: task.simulate,
+        }
+        if executor == "ray":
+            jobs, accounting = await _run_on_ray(spec, bank, todo, store, context, run_dir, workers, jobs_args)
+        else:
+            jobs = await run_jobs(todo, one, **jobs_args)
+            accounting = context.accounting()
+        summary.budget_stopped = jobs.budget_stopped or summary.cut_by_budget > 0
+        summary.not_started = jobs.not_started
+        if jobs.failed:
+            summary.errors += jobs.failed
+            console.print(f"[red]{jobs.failed} episodes failed unexpectedly: {jobs.failures[0]}[/]")
+        summary.wall_time_s = round(time.perf_counter() - started, 3)
+
+        session = {
+            "started": datetime.fromtimestamp(time.time() - summary.wall_time_s, UTC).isoformat(timespec="seconds"),
+            "wall_time_s": summary.wall_time_s,
+            "simulated": summary.simulated,
+            "judged": summary.judged,
+            "errors": summary.errors,
+            "budget_stopped": summary.budget_stopped,
+            "accounting": accounting,
+        }
+        record["sessions"] = [*record["sessions"], session]
+        complete = (
+            not summary.budget_stopped
+            and summary.cut_by_budget == 0
+            and summary.already_done + summary.simulated >= len(plan)
+        )
+        run_dir.write_run({**record, "status": "complete" if complete else "incomplete", "accounting": accounting})
+        if analyze and run_dir.labelled_ids():
+            from scene_sim.studies.scene.analysis import analyze_run
+
+            await analyze_run(run_dir, judge=None, context=None, repair_window=spec.run.repair_window)
+        return summary
+    finally:
+        if own_context:
+            await context.aclose()
+
+
+def _episode_work(
+    spec: SweepSpec, bank: ScenarioBank, context: RunContext, label_fn: Labeler, run_dir: RunDir | None
+) -> Callable[[EpisodeTask], Awaitable[EpisodeOutcome]]:
+    """The worker's part of one item: simulate the episode (unless only judged) and judge it; writes nothing."""
+    judge = spec.judge
+
+    async def compute(task: EpisodeTask) -> EpisodeOutcome:
+        ep = task.episode
+        end_reason = None
+        if task.simulate:
             model = SceneModel(
                 scenario=bank.get(ep.scenario_id),
                 subject=ep.subject,
@@ -277,64 +377,83 @@ async def run_sweep(
                 persona_calls=spec.run.persona_calls,
             )
             result = await model.arun()
-            events = result.events
+            events, end_reason = result.events, result.end_reason
             model.dispose()  # freed now, not by a collector pass that stalls the loop
             del model
-            await run_dir.awrite_episode(ep.episode_id, events)
-            summary.simulated += 1
-            summary.end_reasons[result.end_reason] = summary.end_reasons.get(result.end_reason, 0) + 1
-            if result.end_reason == "error":
-                summary.errors += 1
-            elif result.end_reason == "budget":
-                summary.cut_by_budget += 1
-            return events
+        elif task.events is not None:
+            events = list(task.events)
+        elif run_dir is not None:
+            path = run_dir.episode_path(ep.episode_id)
+            events = await asyncio.to_thread(lambda: list(iter_event_dicts(path)))
+        else:
+            raise SceneSimError(f"{ep.episode_id}: nothing to judge (no events and no run directory)")
+        if judge is None:
+            return EpisodeOutcome(ep.episode_id, events, end_reason, None)
+        # an episode the budget cut short is labelled offline (no money left for a judge);
+        # its audit marks it INVALID, so the statistics leave it out until it is re-run
+        cut = bool(events) and events[-1].get("reason") == "budget"
+        try:
+            labels = await (_default_labeler(events, "scripted", context) if cut else label_fn(events, judge, context))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a judge fault leaves the episode unlabelled, the sweep goes on
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            return EpisodeOutcome(ep.episode_id, events, end_reason, None, judge_error=first)
+        return EpisodeOutcome(ep.episode_id, events, end_reason, labels)
 
-        jobs = await run_jobs(
-            todo,
-            one,
-            concurrency=spec.run.concurrency,
-            context=context,
-            budget_usd=spec.budget.usd,
-            label="episodes",
-            already_done=summary.already_done,
-            quiet=quiet,
-            console=console,
-            name=lambda item: item[0].episode_id,
-            counts=lambda item: item[1],
-        )
-        summary.budget_stopped = jobs.budget_stopped or summary.cut_by_budget > 0
-        summary.not_started = jobs.not_started
-        if jobs.failed:
-            summary.errors += jobs.failed
-            console.print(f"[red]{jobs.failed} episodes failed unexpectedly: {jobs.failures[0]}[/]")
-        summary.wall_time_s = round(time.perf_counter() - started, 3)
+    return compute
 
-        session = {
-            "started": datetime.fromtimestamp(time.time() - summary.wall_time_s, UTC).isoformat(timespec="seconds"),
-            "wall_time_s": summary.wall_time_s,
-            "simulated": summary.simulated,
-            "judged": summary.judged,
-            "errors": summary.errors,
-            "budget_stopped": summary.budget_stopped,
-            "accounting": context.accounting(),
-        }
-        record["sessions"] = [*record["sessions"], session]
-        complete = (
-            not summary.budget_stopped
-            and summary.cut_by_budget == 0
-            and summary.already_done + summary.simulated >= len(plan)
-        )
-        run_dir.write_run(
-            {**record, "status": "complete" if complete else "incomplete", "accounting": context.accounting()}
-        )
-        if analyze and run_dir.labelled_ids():
-            from scene_sim.studies.scene.analysis import analyze_run
 
-            await analyze_run(run_dir, judge=None, context=None, repair_window=spec.run.repair_window)
-        return summary
-    finally:
-        if own_context:
-            await context.aclose()
+def make_worker(
+    context: RunContext, *, spec: dict[str, Any], scenarios: list[dict[str, Any]]
+) -> Callable[[EpisodeTask], Awaitable[EpisodeOutcome]]:
+    """A Ray worker's part of a sweep (the :class:`~scene_sim.executors.WorkerSpec` factory).
+
+    Args:
+        context: the worker's own backends (with the shared budget).
+        spec: the sweep spec as JSON data.
+        scenarios: the scenarios of the plan as JSON data (workers need no run directory).
+
+    """
+    bank = ScenarioBank(Scenario.model_validate(s) for s in scenarios)
+    return _episode_work(SweepSpec.model_validate(spec), bank, context, _default_labeler, None)
+
+
+async def _run_on_ray(
+    spec: SweepSpec,
+    bank: ScenarioBank,
+    todo: list[EpisodeTask],
+    store: Callable[[EpisodeTask, EpisodeOutcome], Awaitable[None]],
+    context: RunContext,
+    run_dir: RunDir,
+    workers: int | None,
+    jobs_args: dict[str, Any],
+) -> tuple[JobsSummary, dict[str, Any]]:
+    """The batch on Ray workers; returns run_jobs' summary and the accounting of driver and workers."""
+    from scene_sim.executors import RayExecutor, WorkerSpec, merge_accounting
+
+    # an episode to judge only travels with its log: the workers may not see this run directory
+    items = [
+        task
+        if task.simulate
+        else EpisodeTask(task.episode, False, tuple(iter_event_dicts(run_dir.episode_path(task.episode.episode_id))))
+        for task in todo
+    ]
+    used = sorted({task.episode.scenario_id for task in items})
+    worker = WorkerSpec(
+        "scene_sim.studies.scene.sweep:make_worker",
+        {"spec": spec.model_dump(mode="json"), "scenarios": [bank.get(sid).model_dump(mode="json") for sid in used]},
+        cache_mode=context.cache_mode,
+        limits=spec.limits,
+    )
+    async with RayExecutor(
+        worker, workers=workers, concurrency=spec.run.concurrency, budget=context.budget
+    ) as executor:
+        if executor.budget is not None:
+            context.set_budget(executor.budget)  # the driver's calls draw on the shared budget too
+        jobs = await run_jobs(items, store, executor=executor, **jobs_args)
+        accounting = merge_accounting([context.accounting(), *await executor.accounting()])
+    return jobs, accounting
 
 
 async def _scenarios(
@@ -349,7 +468,7 @@ async def _scenarios(
         path = run_dir.path / "scenarios.jsonl"
         from scene_sim.studies.scene._catalog import taxonomy_at
 
-        await generate_scenarios(
+        generated = await generate_scenarios(
             path,
             tuples=src.grid_tuples(taxonomy_at(None)) if src.grid is not None else (src.tuples or 1),
             reps=src.generator_reps,
@@ -359,6 +478,12 @@ async def _scenarios(
             context=context,
             progress=not quiet,
         )
+        if generated.written + generated.skipped_existing == 0:
+            reasons = ", ".join(f"{k} {v}" for k, v in generated.rejected_by_reason.items()) or "no output"
+            raise SceneSimError(
+                f"the generator {src.generator} produced no scenario ({generated.rejected} of {generated.planned} "
+                f"rejected: {reasons}); nothing to run"
+            )
         return scenario_source(path)
     path = Path(src.source)
     if not path.exists():
