@@ -1,13 +1,7 @@
 """Collectors: from an episode and its labels to the D / B / S / R event streams.
 
-* **D** persona DEMONSTRATION turns (the scaffold's opening and elicitor
-  lines and the precedent sub-script are excluded: they are scripted set-up,
-  not the group's behaviour);
-* **B** subject BREACH turns;
-* **S** persona SANCTION turns answering a subject breach (after the
-  subject's first breach, not part of the precedent sub-script, and, when
-  the judge named the breach it answers, aimed at a subject turn);
-* **R** subject FACE_SAVE_REPAIR turns after a sanction.
+The streams are defined once, in :mod:`scene_sim.studies.scene.streams`;
+the live episode builds its DataCollector tables with the same code.
 
 Every stream event carries its ``tick`` (the orchestrator turn index, the
 event log's ``turn``) and its chat ``turn_id``. :func:`summarize` reduces an
@@ -25,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from scene_sim.studies.scene.judge import Episode, labels_from_dicts, load_episode
 from scene_sim.studies.scene.oracle import TurnLabel
+from scene_sim.studies.scene.streams import STREAM_TABLES, STREAMS, EpisodeStreams, StreamBuilder, StreamEvent
 
 if TYPE_CHECKING:
     import mesa
@@ -45,96 +40,6 @@ __all__ = [
     "to_datacollector",
 ]
 
-#: Stream letter -> DataCollector table name (see ``scene_sim.studies.scene.model.STREAM_TABLES``).
-STREAMS = {"D": "demonstrations", "B": "breaches", "S": "sanctions", "R": "repairs"}
-
-
-@dataclass(frozen=True, slots=True)
-class StreamEvent:
-    """One event of a stream.
-
-    Attributes:
-        tick: orchestrator tick of the turn.
-        turn_id: chat turn id.
-        actor: who posted it.
-        target_turn_id: for a sanction the breach it answers, for a repair the sanction (when known).
-        modality: for a sanction, the modality it used (when known).
-
-    """
-
-    tick: int
-    turn_id: int
-    actor: str
-    target_turn_id: int | None = None
-    modality: str | None = None
-
-    def row(self, table: str) -> dict[str, Any]:
-        """The row for ``table`` in the DataCollector layout."""
-        row: dict[str, Any] = {"tick": self.tick, "turn_id": self.turn_id, "actor": self.actor}
-        if table == "sanctions":
-            row["target_turn_id"] = self.target_turn_id
-            row["modality"] = self.modality
-        elif table == "repairs":
-            row["target_turn_id"] = self.target_turn_id
-        return row
-
-
-@dataclass(frozen=True, slots=True)
-class EpisodeStreams:
-    """The four streams of one episode plus the subject's labelled actions.
-
-    Attributes:
-        episode_id: the episode.
-        demonstrations: D.
-        breaches: B.
-        sanctions: S.
-        repairs: R.
-        subject_actions: the subject's messages and reactions as
-            ``(tick, turn_id, label)`` in chat order (``label`` None when the
-            judge left the turn unlabelled); no-ops are not actions here.
-        persona_breaches: persona BREACH turns outside the scaffold and the
-            precedent sub-script (a fidelity signal).
-
-    """
-
-    episode_id: str
-    demonstrations: tuple[StreamEvent, ...]
-    breaches: tuple[StreamEvent, ...]
-    sanctions: tuple[StreamEvent, ...]
-    repairs: tuple[StreamEvent, ...]
-    subject_actions: tuple[tuple[int, int, str | None], ...]
-    persona_breaches: tuple[StreamEvent, ...] = ()
-
-    def stream(self, name: str) -> tuple[StreamEvent, ...]:
-        """A stream by letter (``D``/``B``/``S``/``R``) or table name."""
-        table = STREAMS.get(name, name)
-        return getattr(self, table)  # type: ignore[no-any-return]
-
-    @property
-    def x_e(self) -> int | None:
-        """Persona demonstrations before the subject's first breach (None without a breach)."""
-        if not self.breaches:
-            return None
-        first = self.breaches[0].turn_id
-        return sum(1 for d in self.demonstrations if d.turn_id < first)
-
-    @property
-    def y_counts(self) -> tuple[int, int] | None:
-        """``(breaches, actions)`` among the subject's actions after its first breach (None without a breach)."""
-        if not self.breaches:
-            return None
-        first = self.breaches[0].turn_id
-        later = [lab for _, tid, lab in self.subject_actions if tid > first]
-        return sum(1 for lab in later if lab == "BREACH"), len(later)
-
-    @property
-    def y_e(self) -> float | None:
-        """Share of the subject's later actions that are breaches (None when undefined)."""
-        counts = self.y_counts
-        if counts is None or counts[1] == 0:
-            return None
-        return counts[0] / counts[1]
-
 
 def _as_labels(labels: Iterable[TurnLabel] | Iterable[Mapping[str, Any]] | Any) -> tuple[TurnLabel, ...]:
     items = list(labels) if labels is not None else []
@@ -152,47 +57,10 @@ def collect_streams(episode: Episode, labels: Iterable[TurnLabel] | Iterable[Map
 
     """
     by_id = {lab.turn_id: lab for lab in _as_labels(labels)}
-    subject = episode.subject
-    d: list[StreamEvent] = []
-    b: list[StreamEvent] = []
-    s: list[StreamEvent] = []
-    r: list[StreamEvent] = []
-    pb: list[StreamEvent] = []
-    actions: list[tuple[int, int, str | None]] = []
+    builder = StreamBuilder(episode.subject, episode.turn)
     for turn in episode.turns:
-        lab = by_id.get(turn.turn_id)
-        label = lab.label if lab is not None else None
-        if turn.actor == subject:
-            actions.append((turn.tick, turn.turn_id, label))
-            if label == "BREACH":
-                b.append(StreamEvent(turn.tick, turn.turn_id, turn.actor))
-            elif label == "FACE_SAVE_REPAIR" and s:
-                target = lab.target_turn_id if lab is not None and lab.target_turn_id is not None else s[-1].turn_id
-                r.append(StreamEvent(turn.tick, turn.turn_id, turn.actor, target_turn_id=target))
-            continue
-        if label is None or episode.is_scripted_line(turn):
-            continue
-        if label == "DEMONSTRATION":
-            d.append(StreamEvent(turn.tick, turn.turn_id, turn.actor))
-        elif label == "BREACH":
-            pb.append(StreamEvent(turn.tick, turn.turn_id, turn.actor))
-        elif label == "SANCTION" and b:
-            assert lab is not None
-            target = lab.target_turn_id
-            if target is not None:
-                aimed = episode.turn(target)
-                if aimed is not None and aimed.actor != subject:
-                    continue
-            s.append(
-                StreamEvent(
-                    turn.tick,
-                    turn.turn_id,
-                    turn.actor,
-                    target_turn_id=target if target is not None else b[-1].turn_id,
-                    modality=lab.modality,
-                )
-            )
-    return EpisodeStreams(episode.episode_id, tuple(d), tuple(b), tuple(s), tuple(r), tuple(actions), tuple(pb))
+        builder.add(turn, by_id.get(turn.turn_id))
+    return builder.result(episode.episode_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,14 +225,12 @@ def streams_dataframe(items: Iterable[tuple[Episode, EpisodeStreams]]) -> pd.Dat
 def to_datacollector(streams: EpisodeStreams, tables: Mapping[str, Sequence[str]] | None = None) -> mesa.DataCollector:
     """Load one episode's streams into a Mesa ``DataCollector``.
 
-    The tables are named and shaped like :data:`scene_sim.studies.scene.model.STREAM_TABLES`
+    The tables are named and shaped like :data:`scene_sim.studies.scene.streams.STREAM_TABLES`
     (``demonstrations``, ``breaches``, ``sanctions``, ``repairs``), so code
     written against a live :class:`~scene_sim.studies.scene.model.SceneModel`'s collector
     (``get_table_dataframe("breaches")``) works on a re-judged episode.
     """
     import mesa
-
-    from scene_sim.studies.scene.model import STREAM_TABLES
 
     layout = {k: list(v) for k, v in (tables or STREAM_TABLES).items()}
     dc = mesa.DataCollector(tables=layout)

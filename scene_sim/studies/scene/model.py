@@ -46,18 +46,11 @@ from scene_sim.studies.scene.agents import Orchestrator, PersonaCast, ScriptedPe
 from scene_sim.studies.scene.oracle import TurnLabel, TurnLabeler
 from scene_sim.studies.scene.policies import TemplateSubject, policy_class
 from scene_sim.studies.scene.scenario import Scenario, parse_line
+from scene_sim.studies.scene.streams import STREAM_TABLES, StreamBuilder
 from scene_sim.studies.scene.taxonomy import Taxonomy
 from scene_sim.world import ChatTurn
 
 __all__ = ["SILENT_PROMPTS_TO_END", "STREAM_TABLES", "EpisodeError", "EpisodeResult", "SceneModel", "episode_id_for"]
-
-#: DataCollector tables holding the event streams (one row per event).
-STREAM_TABLES = {
-    "demonstrations": ["tick", "turn_id", "actor"],
-    "breaches": ["tick", "turn_id", "actor"],
-    "sanctions": ["tick", "turn_id", "actor", "target_turn_id", "modality"],
-    "repairs": ["tick", "turn_id", "actor", "target_turn_id"],
-}
 
 #: Consecutive all-silent prompts answered by subject no-ops that end an episode.
 SILENT_PROMPTS_TO_END = 3
@@ -157,6 +150,8 @@ class SceneModel(ConversationModel):
 
         self._silent_streak = 0
         self._post_sanction_opportunities: int | None = None
+        # The one stream definition (streams.py), fed online; the collectors feed it offline.
+        self.stream_builder = StreamBuilder(self.subject_name, self.world.get)
         self.streams: dict[str, list[dict[str, Any]]] = {name: [] for name in STREAM_TABLES}
         self.datacollector = mesa.DataCollector(
             model_reporters={
@@ -265,27 +260,18 @@ class SceneModel(ConversationModel):
     def on_action(self, actor: str, decision: Decision, turn: ChatTurn | None) -> None:
         """Label every posted turn online and add it to its D / B / S / R stream."""
         if turn is not None:
-            self._record(self.labeler.label(turn))
+            self._record(turn, self.labeler.label(turn))
 
-    def _record(self, label: TurnLabel) -> None:
-        row = {"tick": self.tick, "turn_id": label.turn_id, "actor": label.actor}
-        is_subject = label.actor == self.subject_name
-        if label.label == "DEMONSTRATION" and not is_subject:
-            self._add_row("demonstrations", row)
-        elif label.label == "BREACH" and is_subject:
-            self._add_row("breaches", row)
-        elif label.label == "SANCTION" and not is_subject:
-            target = self.world.get(label.target_turn_id or 0)
-            if target is not None and target.actor == self.subject_name:
-                self._add_row("sanctions", {**row, "target_turn_id": label.target_turn_id, "modality": label.modality})
-                if self._post_sanction_opportunities is None:
-                    self._post_sanction_opportunities = 0
-        elif label.label == "FACE_SAVE_REPAIR" and is_subject:
-            self._add_row("repairs", {**row, "target_turn_id": label.target_turn_id})
-
-    def _add_row(self, table: str, row: dict[str, Any]) -> None:
+    def _record(self, turn: ChatTurn, label: TurnLabel) -> None:
+        added = self.stream_builder.add(turn, label)
+        if added is None:
+            return
+        table, event = added
+        row = event.row(table)
         self.streams[table].append(row)
         self.datacollector.add_table_row(table, row, ignore_missing=True)
+        if table == "sanctions" and self._post_sanction_opportunities is None:
+            self._post_sanction_opportunities = 0
 
     # -- one tick ---------------------------------------------------------------------------
     def before_decide(self, agent: ChatAgent, reason: str) -> None:
