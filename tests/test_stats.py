@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import scipy.stats
@@ -114,15 +112,14 @@ def test_bootstrap_is_seeded() -> None:
     assert a.ci != c.ci
 
 
-def test_bootstrap_is_fast_on_many_episodes() -> None:
+def test_bootstrap_on_many_episodes() -> None:
+    # its speed target (100,000 episodes in under 3 s) is benchmarks/timings.py bootstrap
     rng = np.random.default_rng(1)
-    n = 100_000
+    n = 20_000
     x = rng.integers(0, 25, n)
     later = rng.integers(1, 9, n)
     y = rng.binomial(later, 0.4) / later
-    start = time.perf_counter()
     res = spearman_bootstrap(x, y, n_boot=2000, seed=0)
-    assert time.perf_counter() - start < 3.0
     assert res.n == n and res.ci is not None and res.ci[0] <= res.value <= res.ci[1]
 
 

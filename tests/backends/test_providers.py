@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from conftest import SECRET, Kit
 from fakeserver import FakeServer, Reply
@@ -152,12 +150,12 @@ async def test_retries_are_bounded(kit: Kit, server: FakeServer) -> None:
 async def test_timeout_is_retried(kit: Kit, server: FakeServer) -> None:
     server.queue(Reply(200, {}, delay_s=3.0), kit.text("in time"))
     async with managed(kit, server, timeout_s=0.4) as backend:
-        start = time.monotonic()
         resp = await backend.generate(request())
+    # the stalled attempt was abandoned, not waited out (its speed target: benchmarks/timings.py timeout_retry)
     assert resp.text == "in time"
-    assert resp.attempts == 2
-    assert "time" in resp.retries[0]["error"].lower()
-    assert time.monotonic() - start < 2.5
+    # on a loaded machine a second attempt may also miss 0.4 s; every failed one was a timeout
+    assert resp.attempts >= 2 and len(resp.retries) == resp.attempts - 1
+    assert all("timeout" in r["error"].lower() and "0.4s" in r["error"] for r in resp.retries)
 
 
 async def test_malformed_body_is_retried(kit: Kit, server: FakeServer) -> None:
