@@ -10,11 +10,12 @@ layout (``{"a": 1}`` or ``{"a":1}``) are unaffected.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
 
-__all__ = ["JSONDecodeError", "dumps_lines", "loads"]
+__all__ = ["JSONDecodeError", "decode_json", "dumps_lines", "loads"]
 
 #: Raised by :func:`loads` (``.msg``, ``.pos``).
 JSONDecodeError = json.JSONDecodeError
@@ -55,3 +56,44 @@ def loads(text: str | bytes) -> Any:
     except orjson.JSONDecodeError:
         # the standard library reads what orjson refuses: escaped lone surrogates, NaN
         return json.loads(text)
+
+
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON|json5)?[ \t]*\n?(.*?)```", re.DOTALL)
+
+
+def decode_json(text: str, schema: dict[str, Any] | None = None) -> Any:
+    """Decode a JSON value from model output, tolerating code fences and chatter.
+
+    Args:
+        text: the model's text.
+        schema: the requested schema; when it asks for an object, only an
+            object is accepted.
+
+    Returns:
+        The decoded value, or None when nothing usable was found.
+
+    """
+    if not text:
+        return None
+    candidates: list[str] = [text.strip()]
+    candidates += [m.group(1).strip() for m in _FENCE.finditer(text)]
+    want_object = bool(schema) and (schema.get("type") == "object" or "properties" in schema)
+    decoder = json.JSONDecoder()
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            value = None
+            for i, char in enumerate(candidate):
+                if char in "{[":
+                    try:
+                        value, _ = decoder.raw_decode(candidate, i)
+                        break
+                    except ValueError:
+                        continue
+            if value is None:
+                continue
+        if want_object and not isinstance(value, dict):
+            continue
+        return value
+    return None

@@ -9,10 +9,11 @@ re-query, and finally fall back to a logged no-op.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
+
+from scene_sim._json import decode_json
 
 __all__ = [
     "ACTION_SCHEMA",
@@ -78,37 +79,17 @@ class ActionParse:
     data: dict[str, Any] | None = None
 
 
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
-
-
 def extract_json(text: str) -> Any:
-    """Pull the first JSON object out of ``text`` (bare, fenced, or embedded).
+    """Pull the first JSON object out of ``text`` (bare, fenced, or embedded in chatter).
 
     Raises:
         ValueError: when no JSON object can be decoded.
 
     """
-    candidates = [text.strip()]
-    candidates += [m.group(1).strip() for m in _FENCE.finditer(text)]
-    start = text.find("{")
-    if start >= 0:
-        candidates.append(text[start:])
-    decoder = json.JSONDecoder()
-    for c in candidates:
-        if not c:
-            continue
-        try:
-            return json.loads(c)
-        except json.JSONDecodeError:
-            pass
-        i = c.find("{")
-        if i >= 0:
-            try:
-                obj, _ = decoder.raw_decode(c[i:])
-                return obj
-            except json.JSONDecodeError:
-                pass
-    raise ValueError("no JSON object found")
+    value = decode_json(text, {"type": "object"})
+    if value is None:
+        raise ValueError("no JSON object found")
+    return value
 
 
 _ALIASES: dict[str, Literal["message", "react", "no-op"]] = {

@@ -24,7 +24,6 @@ import itertools
 import json
 import math
 import random
-import re
 import time
 import weakref
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import Any, Final, TypeVar
 
 from asyncio_throttle import Throttler
 
+from scene_sim._json import decode_json
 from scene_sim.backends._accounting import Accountant
 from scene_sim.backends._cache import ResponseCache, cache_key
 from scene_sim.backends.base import (
@@ -159,46 +159,6 @@ def _is_own_error(exc: BaseException) -> bool:
 
 
 # -- output normalisation ---------------------------------------------------------
-
-_FENCE = re.compile(r"```[ \t]*(?:json|JSON|json5)?[ \t]*\n?(.*?)```", re.DOTALL)
-
-
-def decode_json(text: str, schema: dict[str, Any] | None = None) -> Any:
-    """Decode a JSON value from model output, tolerating code fences and chatter.
-
-    Args:
-        text: the model's text.
-        schema: the requested schema; when it asks for an object, only an
-            object is accepted.
-
-    Returns:
-        The decoded value, or None when nothing usable was found.
-
-    """
-    if not text:
-        return None
-    candidates: list[str] = [text.strip()]
-    candidates += [m.group(1).strip() for m in _FENCE.finditer(text)]
-    want_object = bool(schema) and (schema.get("type") == "object" or "properties" in schema)
-    decoder = json.JSONDecoder()
-    for candidate in candidates:
-        try:
-            value = json.loads(candidate)
-        except ValueError:
-            value = None
-            for i, char in enumerate(candidate):
-                if char in "{[":
-                    try:
-                        value, _ = decoder.raw_decode(candidate, i)
-                        break
-                    except ValueError:
-                        continue
-            if value is None:
-                continue
-        if want_object and not isinstance(value, dict):
-            continue
-        return value
-    return None
 
 
 def choice_schema(choices: tuple[str, ...] | list[str]) -> dict[str, Any]:
