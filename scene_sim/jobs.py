@@ -203,5 +203,5 @@ def _over_budget(context: RunContext | None, budget: float, finished: int, runni
     session = spent_usd(context)
     per_item = session / finished if finished else 0.0
     hard = getattr(context, "budget", None)
-    spent = float(hard.spent_usd) if hard is not None else session  # the cap's spend includes earlier sessions
+    spent = max(float(hard.spent_usd), session) if hard is not None else session  # the cap's: earlier sessions too
     return spent + per_item * (running + 1) > budget
