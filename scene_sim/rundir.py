@@ -27,7 +27,7 @@ from typing import Any
 from scene_sim._json import dumps_lines
 from scene_sim.errors import SceneSimError
 
-__all__ = ["RunDir", "atomic_write_bytes", "atomic_write_text", "package_versions"]
+__all__ = ["RunDir", "atomic_write_bytes", "atomic_write_text", "ensure_writable_dir", "package_versions"]
 
 _TMP_PREFIX = ".tmp-"
 
@@ -186,3 +186,26 @@ class RunDir:
                     p.unlink(missing_ok=True)
                     n += 1
         return n
+
+
+def ensure_writable_dir(path: str | Path, what: str = "--out") -> Path:
+    """Create the folder ``path`` if needed and check that files can be written in it.
+
+    Called before any simulation, so a bad ``--out`` costs no model calls.
+
+    Raises:
+        SceneSimError: one line when ``path`` is a file, lies under a file, or cannot be written.
+
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise SceneSimError(f"{what} {folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = "a part of the path is a file" if isinstance(exc, NotADirectoryError | FileExistsError) else None
+        raise SceneSimError(f"{what} {folder}: cannot write there ({reason or exc.strerror or exc})") from None
+    return folder

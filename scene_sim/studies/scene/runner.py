@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,33 +11,10 @@ from typing import Any
 from scene_sim._version import __version__
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
-from scene_sim.rundir import RunDir, package_versions
+from scene_sim.rundir import RunDir, ensure_writable_dir, package_versions
 from scene_sim.studies.scene.model import EpisodeResult, SceneModel
 
 __all__ = ["RunOutcome", "ensure_writable_dir", "episode_failure", "run_episode"]
-
-
-def ensure_writable_dir(path: str | Path, what: str = "--out") -> Path:
-    """Create the folder ``path`` if needed and check that files can be written in it.
-
-    Called before any simulation, so a bad ``--out`` costs no model calls.
-
-    Raises:
-        SceneSimError: one line when ``path`` is a file, lies under a file, or cannot be written.
-
-    """
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise SceneSimError(f"{what} {folder}: is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        reason = "a part of the path is a file" if isinstance(exc, NotADirectoryError | FileExistsError) else None
-        raise SceneSimError(f"{what} {folder}: cannot write there ({reason or exc.strerror or exc})") from None
-    return folder
 
 
 def episode_failure(outcome: RunOutcome) -> str | None:
