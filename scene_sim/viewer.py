@@ -26,6 +26,7 @@ import re
 import sys
 import webbrowser
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,88 @@ def _opt_int(value: Any) -> int | None:
         return None
 
 
+@dataclass
+class _Actions:
+    rows: list[list[Any]] = field(default_factory=list)
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0])
+    actor_of: dict[int, str] = field(default_factory=dict)
+    last_tick: int = 0
+
+
+def _read_actions(events: list[dict[str, Any]], strings: _Strings) -> _Actions:
+    """The chat actions of an event log as compact rows, with counts by kind and each turn's actor."""
+    out = _Actions()
+    for e in events:
+        kind = e.get("kind")
+        if kind == "turn_start":
+            out.last_tick = max(out.last_tick, int(e.get("turn") or 0))
+            continue
+        if kind != "action":
+            continue
+        code = _KIND_CODES.get(str(e.get("action")), 2)
+        out.counts[code] += 1
+        turn_id = _opt_int(e.get("turn_id"))
+        if turn_id is not None:
+            out.actor_of[turn_id] = str(e.get("actor", ""))
+        meta = e.get("meta") if isinstance(e.get("meta"), dict) else {}
+        script = meta.get("script")
+        out.rows.append(
+            [
+                int(e.get("turn") or 0),
+                strings(e.get("actor", "")),
+                code,
+                strings(e.get("content", "")),
+                turn_id,
+                _opt_int(e.get("target_turn_id")),
+                1 if e.get("parse_failure") else 0,
+                strings(script) if isinstance(script, str) and script else -1,
+            ]
+        )
+    return out
+
+
+@dataclass
+class _Labels:
+    pairs: list[list[int]] = field(default_factory=list)
+    has_breach: int | None = None
+    validity: str = "unlabelled"
+    justification: Any = None
+    episode_metrics: Any = None
+
+
+def _read_labels(
+    labels: dict[str, Any] | None, actor_of: dict[int, str], subject_actor: str, strings: _Strings
+) -> _Labels:
+    """One label per chat turn of this episode (the last wins), the breach flag and the fidelity verdict."""
+    out = _Labels()
+    if not isinstance(labels, dict):
+        return out
+    labelled: dict[int, int] = {}  # chat turn id -> index in pairs
+    out.has_breach = 0
+    for item in labels.get("turn_labels") or []:
+        if not isinstance(item, dict):
+            continue
+        tid = _opt_int(item.get("turn_id"))
+        label = str(item.get("label", ""))
+        if tid is None or not label or tid not in actor_of:
+            continue  # a label of no chat turn (a judge's slip) would inflate the counts beside the chat
+        if tid in labelled:
+            out.pairs[labelled[tid]] = [tid, strings(label)]
+        else:
+            labelled[tid] = len(out.pairs)
+            out.pairs.append([tid, strings(label)])
+        actor = item.get("actor") or actor_of.get(tid)
+        if label == "BREACH" and actor == subject_actor:
+            out.has_breach = 1
+    fidelity = labels.get("fidelity") if isinstance(labels.get("fidelity"), dict) else {}
+    if fidelity.get("label"):
+        out.validity = str(fidelity["label"]).upper()
+    out.justification = fidelity.get("justification")
+    if isinstance(labels.get("episode_metrics"), dict):
+        out.episode_metrics = labels["episode_metrics"]
+    return out
+
+
 def _episode_record(
     episode_id: str,
     events: list[dict[str, Any]],
@@ -155,66 +238,9 @@ def _episode_record(
     tup = start.get("tuple") or {}
     models = start.get("models") or {}
     subject_actor = start.get("subject") or ""
-    actions: list[list[Any]] = []
-    counts = [0, 0, 0]
-    actor_of: dict[int, str] = {}
-    last_tick = 0
-    for e in events:
-        kind = e.get("kind")
-        if kind == "turn_start":
-            last_tick = max(last_tick, int(e.get("turn") or 0))
-            continue
-        if kind != "action":
-            continue
-        code = _KIND_CODES.get(str(e.get("action")), 2)
-        counts[code] += 1
-        turn_id = _opt_int(e.get("turn_id"))
-        if turn_id is not None:
-            actor_of[turn_id] = str(e.get("actor", ""))
-        meta = e.get("meta") if isinstance(e.get("meta"), dict) else {}
-        script = meta.get("script")
-        actions.append(
-            [
-                int(e.get("turn") or 0),
-                strings(e.get("actor", "")),
-                code,
-                strings(e.get("content", "")),
-                turn_id,
-                _opt_int(e.get("target_turn_id")),
-                1 if e.get("parse_failure") else 0,
-                strings(script) if isinstance(script, str) and script else -1,
-            ]
-        )
-
-    label_pairs: list[list[int]] = []
-    labelled: dict[int, int] = {}  # chat turn id -> index in label_pairs: one label per turn of this chat
-    has_breach: int | None = None
-    validity = "unlabelled"
-    justification = None
-    episode_metrics = None
-    if isinstance(labels, dict):
-        has_breach = 0
-        for item in labels.get("turn_labels") or []:
-            if not isinstance(item, dict):
-                continue
-            tid = _opt_int(item.get("turn_id"))
-            label = str(item.get("label", ""))
-            if tid is None or not label or tid not in actor_of:
-                continue  # a label of no chat turn (a judge's slip) would inflate the counts beside the chat
-            if tid in labelled:
-                label_pairs[labelled[tid]] = [tid, strings(label)]  # the last label of a turn wins
-            else:
-                labelled[tid] = len(label_pairs)
-                label_pairs.append([tid, strings(label)])
-            actor = item.get("actor") or actor_of.get(tid)
-            if label == "BREACH" and actor == subject_actor:
-                has_breach = 1
-        fidelity = labels.get("fidelity") if isinstance(labels.get("fidelity"), dict) else {}
-        if fidelity.get("label"):
-            validity = str(fidelity["label"]).upper()
-        justification = fidelity.get("justification")
-        if isinstance(labels.get("episode_metrics"), dict):
-            episode_metrics = labels["episode_metrics"]
+    acts = _read_actions(events, strings)
+    labs = _read_labels(labels, acts.actor_of, subject_actor, strings)
+    has_breach, validity = labs.has_breach, labs.validity
     if csv_row:
         if has_breach is None and _opt_int(csv_row.get("breaches")) is not None:
             has_breach = 1 if _opt_int(csv_row.get("breaches")) else 0
@@ -223,7 +249,8 @@ def _episode_record(
 
     record: dict[str, Any] = {
         "id": episode_id,
-        "m": models.get("subject") or (csv_row or {}).get("subject") or "?",
+        # the model under test: SCENE's subject, else the one model a study's episode names
+        "m": models.get("subject") or (csv_row or {}).get("subject") or _only_model(models) or "?",
         "sc": start.get("scenario_id") or "",
         "t": [
             tup.get("event", ""),
@@ -237,19 +264,24 @@ def _episode_record(
         "seed": start.get("seed"),
         "rep": start.get("rep"),
         "end": end.get("reason") if end else "unfinished",
-        "ticks": end.get("ticks", last_tick) if end else last_tick,
+        "ticks": end.get("ticks", acts.last_tick) if end else acts.last_tick,
         "err": end.get("error") if end else None,
         "v": validity,
         "b": has_breach,
-        "n": counts,
-        "a": actions,
-        "l": label_pairs,
+        "n": acts.counts,
+        "a": acts.rows,
+        "l": labs.pairs,
     }
-    if justification:
-        record["fj"] = str(justification)
-    if episode_metrics:
-        record["em"] = objects(episode_metrics)
+    if labs.justification:
+        record["fj"] = str(labs.justification)
+    if labs.episode_metrics:
+        record["em"] = objects(labs.episode_metrics)
     return record
+
+
+def _only_model(models: dict[str, Any]) -> str | None:
+    named = {str(v) for v in models.values() if v}
+    return named.pop() if len(named) == 1 else None
 
 
 def _fallback_summary(episodes: list[dict[str, Any]]) -> dict[str, Any]:
