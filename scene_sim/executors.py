@@ -40,7 +40,16 @@ from scene_sim.budget import Budget
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
 
-__all__ = ["EXECUTORS", "RayExecutor", "RemoteItemError", "WorkerSpec", "merge_accounting", "split_limits"]
+__all__ = [
+    "EXECUTORS",
+    "RayBudget",
+    "RayExecutor",
+    "RemoteItemError",
+    "WorkerSpec",
+    "merge_accounting",
+    "shared_budget",
+    "split_limits",
+]
 
 #: The executors a command's ``--executor`` accepts.
 EXECUTORS = ("local", "ray")
@@ -194,10 +203,14 @@ class RayBudget:
 
     def _refresh(self) -> None:
         if time.monotonic() - self._seen >= self._refresh_s:
-            import ray
+            self.refresh()
 
-            self._spent, self._refused = ray.get(self._actor.state.remote())
-            self._seen = time.monotonic()
+    def refresh(self) -> None:
+        """Read the actor's figures now (after this proxy's own settlements, which it sent first)."""
+        import ray
+
+        self._spent, self._refused = ray.get(self._actor.state.remote())
+        self._seen = time.monotonic()
 
     @property
     def spent_usd(self) -> float:
@@ -222,6 +235,12 @@ class RayBudget:
     def settle(self, reserved: float, actual: float) -> None:
         """Settle at the shared budget (see :meth:`Budget.settle`), without waiting."""
         self._actor.settle.remote(reserved, actual)
+
+
+def shared_budget(budget: Any) -> RayBudget:
+    """Move ``budget`` (its limit and spend so far) into a Ray actor; returns a proxy that pickles to others."""
+    holder = _ray().remote(num_cpus=0)(_BudgetHolder).remote(float(budget.limit_usd), float(budget.spent_usd))
+    return RayBudget(holder, float(budget.limit_usd))
 
 
 # -- workers -----------------------------------------------------------------------
@@ -345,10 +364,7 @@ class RayExecutor:
         if not self.workers:
             self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         if self._local_budget is not None:
-            holder = ray.remote(num_cpus=0)(_BudgetHolder).remote(
-                float(self._local_budget.limit_usd), float(self._local_budget.spent_usd)
-            )
-            self.budget = RayBudget(holder, float(self._local_budget.limit_usd))
+            self.budget = shared_budget(self._local_budget)
         actor_cls = ray.remote(num_cpus=1, max_concurrency=max(1000, 4 * self.concurrency))(_Worker)
         self._actors = [
             actor_cls.remote(self.worker, self.workers, self.concurrency, self.budget) for _ in range(self.workers)
