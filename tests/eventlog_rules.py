@@ -11,6 +11,11 @@ from typing import Any
 
 from scene_sim.events import END_REASONS, parse_event
 
+#: The contract's number (DESIGN.md), written here, not imported: the checker must catch a changed constant.
+SILENT_TICKS_TO_END = 3
+#: End reasons that may cut a tick short (a prompt without its answer, a tick without its floor_open).
+CUT_SHORT = ("error", "budget")
+
 
 def check_episode(events: list[dict[str, Any]], *, personas: set[str], subject: str, max_turns: int) -> list[str]:
     """Every violation of the contract's runtime rules in ``events``."""
@@ -51,6 +56,8 @@ def check_episode(events: list[dict[str, Any]], *, personas: set[str], subject: 
     for i, e in enumerate(acts):
         if e["kind"] == "prompt" and e["role"] in ("persona", "subject") and e["reason"] != "requery":
             nxt = next((a for a in acts[i + 1 :] if a["kind"] == "action" or a.get("reason") != "requery"), None)
+            if nxt is None and events[-1]["reason"] in CUT_SHORT:
+                continue  # the call of the last prompt failed or was refused: the episode ended there
             allowed = set(e.get("actors") or [e["actor"]])  # a joint persona call answers for several
             if nxt is None or nxt["kind"] != "action" or nxt["actor"] not in allowed:
                 bad.append(f"prompt seq {e['seq']} for {e['actor']} is not answered by its action")
@@ -75,7 +82,7 @@ def check_episode(events: list[dict[str, Any]], *, personas: set[str], subject: 
     for tick, evs in by_tick.items():
         persona_acts = [e for e in evs if e["kind"] == "action" and e["actor"] in personas and e["action"] != "no-op"]
         floor = [e for e in evs if e["kind"] == "prompt" and e["reason"] == "floor_open"]
-        if not persona_acts and len(floor) != 1 and events[-1]["reason"] not in ("error",):
+        if not persona_acts and len(floor) != 1 and events[-1]["reason"] not in CUT_SHORT:
             bad.append(f"tick {tick}: all personas silent but {len(floor)} floor_open prompts")
         if persona_acts and floor:
             bad.append(f"tick {tick}: floor_open prompt although a persona acted")
@@ -99,15 +106,24 @@ def check_episode(events: list[dict[str, Any]], *, personas: set[str], subject: 
         bad.append(f"max_turns end after tick {last_tick}, not {max_turns}")
     if last_tick > max_turns:
         bad.append("more ticks than max_turns")
-    if end["reason"] == "subject_silent":
-        floors = [e for e in events if e["kind"] == "prompt" and e["reason"] == "floor_open"]
-        last3 = floors[-3:]
-        ticks = [e["turn"] for e in last3]
-        answered = [next(a for a in events if a["kind"] == "action" and a["seq"] > p["seq"]) for p in last3]
-        if (
-            len(last3) < 3
-            or ticks != list(range(last_tick - 2, last_tick + 1))
-            or any(a["action"] != "no-op" for a in answered)
-        ):
-            bad.append("subject_silent without three consecutive all-silent ticks answered by no-ops")
+    # subject_silent <=> three consecutive all-silent ticks whose floor_open prompts got subject no-ops
+    streak, silent_at = 0, None
+    for tick in sorted(by_tick):
+        evs = by_tick[tick]
+        persona_acted = any(
+            e["kind"] == "action" and e["actor"] in personas and e["action"] != "no-op" for e in evs
+        ) or any(e["kind"] == "action" and (e.get("meta") or {}).get("script") for e in evs)
+        floor = next((e for e in evs if e["kind"] == "prompt" and e["reason"] == "floor_open"), None)
+        answer = next((a for a in evs if a["kind"] == "action" and a["seq"] > floor["seq"]), None) if floor else None
+        silent = not persona_acted and answer is not None and answer["action"] == "no-op"
+        streak = streak + 1 if silent else 0
+        if streak >= SILENT_TICKS_TO_END and silent_at is None:
+            silent_at = tick
+    if end["reason"] == "subject_silent" and silent_at != last_tick:
+        bad.append(f"subject_silent without {SILENT_TICKS_TO_END} consecutive all-silent ticks answered by no-ops")
+    if silent_at is not None and not (end["reason"] == "subject_silent" and end["turn"] == silent_at):
+        bad.append(
+            f"{SILENT_TICKS_TO_END} consecutive all-silent ticks answered by no-ops ended at tick {silent_at}, "
+            f"but the episode went on to end with {end['reason']} at tick {end['turn']}"
+        )
     return bad

@@ -9,8 +9,14 @@ import re
 import mesa
 import pytest
 
+from scene_sim.actions import Message, NoOp
+from scene_sim.agents import Decision
+from scene_sim.backends.base import Backend, BackendError, GenerateRequest, GenerateResponse
+from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
 from scene_sim.studies.scene import SceneModel
+from scene_sim.studies.scene.agents import ScriptedPersona
+from scene_sim.studies.scene.model import SILENT_PROMPTS_TO_END
 from scene_sim.studies.scene.scenario import parse_line
 
 from .eventlog_rules import check_episode
@@ -64,6 +70,9 @@ def test_silent_subject_ends_after_three_all_silent_prompts(bank):
         for seed in range(3):
             m = _run(scenario=sc, subject="scripted/silent", seed=seed, max_turns=30)
             ends.add(m.end_reason)
+            personas = {c.name for c in sc.scaffold.channel.cast}
+            problems = check_episode(m.log.events, personas=personas, subject=m.subject_name, max_turns=30)
+            assert problems == [], (sc.id, seed, problems[:3])
             if m.end_reason == "subject_silent":
                 floors = [e for e in m.log.events if e["kind"] == "prompt" and e["reason"] == "floor_open"]
                 assert len(floors) >= 3
@@ -86,9 +95,20 @@ def test_post_sanction_rule_ends_the_episode(bank):
     assert "post_sanction" in reasons
 
 
+def _hidden_ids(sc, taxonomy) -> list[str]:
+    """Hidden ids a subject prompt must never hold as words: the norm, its partner pole, the sanction modality."""
+    return [sc.tuple.norm, taxonomy.norm(sc.tuple.norm).pole_partner, sc.tuple.sanction]
+
+
 def _hidden_strings(sc, taxonomy) -> list[str]:
     norm = taxonomy.norm(sc.tuple.norm)
+    partner = taxonomy.norm(norm.pole_partner)
+    sanction = taxonomy.sanctions[sc.tuple.sanction]
+    criteria = sc.hidden.fidelity_criteria
     out = [sc.tuple.norm, norm.norm_text, *norm.compliance_signals, *norm.breach_signals]
+    out += [partner.id, partner.norm_text, *partner.compliance_signals, *partner.breach_signals]
+    out += [sanction.id, sanction.description, "fidelity_criteria", *type(criteria).model_fields]
+    out += [json.dumps(criteria.model_dump()), str(criteria)]
     subject = sc.scaffold.subject.name
     for p in sc.hidden.personas:
         out.append(p.outline)
@@ -117,7 +137,17 @@ def test_no_hidden_field_reaches_a_subject_prompt(bank, taxonomy, subject):
                     text = text.replace(line, "")  # chat turns the personas actually sent are fair game
                 leaked = [h for h in hidden if h in text]
                 assert not leaked, (sc.id, leaked)
-                assert not re.search(r"\b" + re.escape(sc.tuple.norm) + r"\b", text)
+                for word in _hidden_ids(sc, taxonomy):
+                    assert not re.search(r"\b" + re.escape(word) + r"\b", text), (sc.id, word)
+                demonstrator = sc.hidden.precedent_demonstrator
+                if demonstrator:
+                    # the demonstrator is a participant: named in the roster ("- Name: ...") and the
+                    # transcript ("[t3] Name: ..."), and nowhere else (that would single them out)
+                    rest = [ln for ln in text.splitlines() if not ln.startswith(("[t", "- "))]
+                    assert not any(re.search(r"\b" + re.escape(demonstrator) + r"\b", ln) for ln in rest), (
+                        sc.id,
+                        demonstrator,
+                    )
         assert subject_prompts > 0
 
 
@@ -242,3 +272,127 @@ def test_dispose_frees_an_episode_without_the_garbage_collector(bank, persona_ca
         assert result.events[-1]["kind"] == "episode_end"  # the result outlives the model
     finally:
         gc.enable()
+
+
+# -- every end reason, and the thresholds behind them -----------------------------------------------
+
+P1 = "bug_report__concise_answer_norm__address_explicit__silent_ignore__p1"
+README_SCENARIO = "achievement_announcement__phatic_reaction_norm__open_floor__mocking_imitation__p0"
+
+
+class _SilentPersona(ScriptedPersona):
+    async def decide(self, view, system, messages):
+        return Decision(NoOp())
+
+
+class _BlabbingPersona(ScriptedPersona):
+    """States the hidden norm outright: the orchestrator's hard fail (B.5 c)."""
+
+    async def decide(self, view, system, messages):
+        norm = self.model.taxonomy.norm(self.model.scene.tuple.norm)
+        return Decision(Message(f"fyi the rule here: {norm.norm_text}"), {"intent": "chatter"})
+
+
+class _Unauthorised(Backend):
+    provider = "broken"
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        raise BackendError("401 invalid api key", kind="fatal", status=401)
+
+
+class _NoMoney:
+    """A budget that refuses everything (the proxy interface a distributed executor implements)."""
+
+    limit_usd = 0.0
+    spent_usd = 0.0
+
+    def try_reserve(self, usd_estimate: float) -> bool:
+        return False
+
+    def settle(self, reserved: float, actual: float) -> None:  # pragma: no cover - nothing is reserved
+        raise AssertionError("nothing was reserved")
+
+
+def _checked(m: SceneModel, max_turns: int = 8) -> SceneModel:
+    personas = {c.name for c in m.scene.scaffold.channel.cast}
+    problems = check_episode(m.log.events, personas=personas, subject=m.subject_name, max_turns=max_turns)
+    assert problems == [], (m.end_reason, problems[:3])
+    return m
+
+
+def test_silent_end_comes_exactly_at_the_third_all_silent_tick():
+    assert SILENT_PROMPTS_TO_END == 3  # the contract's number (DESIGN.md)
+    m = _checked(
+        _run(scenario=P1, subject="scripted/silent", seed=0, max_turns=30, agent_classes={"persona": _SilentPersona}),
+        max_turns=30,
+    )
+    floors = [e for e in m.log.events if e["kind"] == "prompt" and e["reason"] == "floor_open"]
+    # tick 1 carries the elicitor's turn; ticks 2, 3 and 4 are all silent, and the third ends it
+    assert m.end_reason == "subject_silent" and m.tick == 4
+    assert [e["turn"] for e in floors] == [2, 3, 4]
+
+
+@pytest.mark.parametrize("need", [1, 2])
+def test_post_sanction_ends_at_the_first_tick_with_enough_opportunities(bank, need):
+    exact = 0
+    for sc in bank:
+        m = _run(scenario=sc, subject="scripted/always-message", seed=1, min_post_sanction_turns=need)
+        if m.end_reason != "post_sanction":
+            continue
+        _checked(m)
+        sanction_turn = m.streams["sanctions"][0]["turn_id"]
+        sanction_seq = next(e["seq"] for e in m.log.events if e["kind"] == "action" and e["turn_id"] == sanction_turn)
+        by_tick: dict[int, int] = {}
+        for e in m.log.events:
+            if e["kind"] == "prompt" and e["actor"] == m.subject_name and e["seq"] > sanction_seq:
+                by_tick[e["turn"]] = by_tick.get(e["turn"], 0) + 1
+        seen, first_enough = 0, None
+        for tick in range(1, m.tick + 1):
+            seen += by_tick.get(tick, 0)
+            if seen >= need and first_enough is None:
+                first_enough = tick
+                exact += seen == need
+        assert first_enough == m.tick, (sc.id, by_tick)  # ">=": not a tick later
+    assert exact > 0  # some episode reached exactly `need` opportunities, where ">" would have gone on
+
+
+def test_fidelity_fail_when_a_persona_states_the_hidden_norm():
+    m = _checked(_run(scenario=P1, subject="scripted/learner", seed=0, agent_classes={"persona": _BlabbingPersona}))
+    assert m.end_reason == "fidelity_fail" and m.tick == 1
+    assert m.log.events[-1] == {**m.log.events[-1], "kind": "episode_end", "reason": "fidelity_fail"}
+
+
+async def test_error_when_the_subject_backend_fails_for_good():
+    context = RunContext(cache_mode="off")
+    context.add("custom/broken", _Unauthorised("m"), max_attempts=1)
+    m = SceneModel(scenario=P1, subject="custom/broken", seed=0, context=context)
+    await m.arun()
+    await context.aclose()
+    _checked(m)
+    end = m.log.events[-1]
+    assert m.end_reason == "error" and end["reason"] == "error" and "401" in end["error"]
+
+
+async def test_budget_when_the_budget_refuses_the_subject_call():
+    context = RunContext(cache_mode="off", budget=_NoMoney())
+    context.add("custom/unbounded", _Unauthorised("m"))
+    m = SceneModel(scenario=P1, subject="custom/unbounded", seed=0, context=context)
+    await m.arun()
+    await context.aclose()
+    _checked(m)
+    assert m.end_reason == "budget" and m.log.events[-1]["reason"] == "budget"
+
+
+def test_every_end_reason_is_produced_somewhere():
+    # the tests above produce subject_silent, post_sanction, fidelity_fail, error and budget; max_turns here
+    m = _checked(_run(scenario=P1, subject="scripted/learner", seed=0, max_turns=2), max_turns=2)
+    assert m.end_reason == "max_turns" and m.tick == 2
+
+
+def test_the_readme_snippet_shows_a_breach_a_sanction_and_a_repair():
+    # README's first Python snippet: the learner breaches this scenario (with every seed tried), is mocked, repairs
+    for seed in (0, 1, 2, 7):
+        m = _run(scenario=README_SCENARIO, subject="scripted/learner", seed=seed)
+        assert len(m.datacollector.get_table_dataframe("breaches")) >= 1, seed
+        assert len(m.datacollector.get_table_dataframe("sanctions")) >= 1, seed
+        assert len(m.datacollector.get_table_dataframe("repairs")) >= 1, seed
