@@ -396,3 +396,45 @@ def test_the_readme_snippet_shows_a_breach_a_sanction_and_a_repair():
         assert len(m.datacollector.get_table_dataframe("breaches")) >= 1, seed
         assert len(m.datacollector.get_table_dataframe("sanctions")) >= 1, seed
         assert len(m.datacollector.get_table_dataframe("repairs")) >= 1, seed
+
+
+# -- the typed events are the contract check ------------------------------------------------------
+
+#: Per kind, the fields DESIGN.md's event log lists (besides seq, turn, kind).
+CONTRACT_FIELDS = {
+    "episode_start": ("episode_id", "scenario_id", "tuple", "subject", "models", "seed"),
+    "prompt": ("actor", "role", "reason", "messages"),
+    "model_call": (
+        "actor",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+        "latency_s",
+        "attempts",
+        "cache_hit",
+        "error",
+    ),
+    "action": ("actor", "action", "content", "target_turn_id", "turn_id", "parse_failure"),
+    "episode_end": ("reason",),
+}
+
+
+async def test_parse_event_requires_every_contract_field():
+    from pydantic import ValidationError
+
+    from scene_sim.events import parse_event
+
+    context = RunContext(cache_mode="off")
+    m = SceneModel(scenario=P1, subject="fake/contract", seed=3, context=context, max_turns=2)
+    await m.arun()
+    await context.aclose()
+    seen = set()
+    for event in m.log.events:
+        parse_event(event)  # what is written today parses
+        for name in CONTRACT_FIELDS.get(event["kind"], ()):
+            seen.add(event["kind"])
+            broken = {k: v for k, v in event.items() if k != name}
+            with pytest.raises(ValidationError):
+                parse_event(broken)
+    assert seen == set(CONTRACT_FIELDS)
