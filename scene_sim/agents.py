@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Protocol
 import mesa
 
 from scene_sim.actions import ACTION_SCHEMA, Action, Message, NoOp, React, parse_action
+from scene_sim.requery import MAX_REQUERIES, requery
 from scene_sim.world import ChatTurn, ChatWorld
 
 __all__ = [
@@ -42,9 +43,6 @@ REACTION_EMOJI = ("👍", "❤️", "😂", "🙏", "🔥", "👀", "💀", "�
 
 #: The empty, read-only ``Decision.meta``.
 EMPTY_META: Mapping[str, Any] = MappingProxyType({})
-
-#: How many times a malformed model output is re-queried before a logged no-op.
-MAX_REQUERIES = 2
 
 
 class ConversationHost(Protocol):
@@ -215,17 +213,16 @@ async def ask_until_valid(
     re-query shows the model its answer and the problem, and is logged as a
     ``requery`` prompt. Returns the value, or None once the re-queries are spent.
     """
-    convo = list(messages)
-    for attempt in range(MAX_REQUERIES + 1):
-        response = await actor.model.call_llm(
-            actor, system, convo, reason="turn" if attempt == 0 else "requery", log_prompt=attempt > 0, **request
-        )
-        value, problem = read(response)
-        if problem is None:
-            return value
-        convo = [
-            *convo,
-            {"role": "assistant", "content": response.text or ""},
-            {"role": "user", "content": f"That was not a valid {what} ({problem}). Reply with the JSON object only."},
-        ]
-    return None
+
+    async def send(convo: tuple[dict[str, str], ...], attempt: int) -> Any:
+        reason = "turn" if attempt == 0 else "requery"
+        return await actor.model.call_llm(actor, system, list(convo), reason=reason, log_prompt=attempt > 0, **request)
+
+    outcome = await requery(
+        send,
+        messages,
+        read,
+        correction=lambda problem: f"That was not a valid {what} ({problem}). Reply with the JSON object only.",
+        echo_chars=None,
+    )
+    return outcome.value

@@ -45,8 +45,10 @@ from scene_sim.backends.base import GenerateRequest
 from scene_sim.errors import SceneSimError
 from scene_sim.events import iter_event_dicts
 from scene_sim.prompts import load_template
+from scene_sim.requery import MAX_REQUERIES, requery
 from scene_sim.studies.scene.heuristics import CueReader
 from scene_sim.studies.scene.oracle import LABELS, TurnLabel, TurnLabeler
+from scene_sim.studies.scene.streams import is_scripted
 from scene_sim.studies.scene.taxonomy import Taxonomy
 from scene_sim.world import ChatTurn
 
@@ -78,11 +80,6 @@ __all__ = [
 
 AUDIT_LABELS = ("VALID", "PARTIAL", "INVALID")
 
-#: How many times a malformed judge / auditor output is re-queried before falling back.
-MAX_REQUERIES = 2
-
-#: ``script`` values (action ``meta``) of the scripted lines that are not persona behaviour.
-SCRIPTED_LINES = frozenset({"opening", "elicitor", "precedent"})
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -295,7 +292,7 @@ class Episode:
         runtime (``meta.script``); everything posted at tick 0 is scaffold or
         precedent by the runtime's rules as well.
         """
-        return turn.tick == 0 or turn.meta.get("script") in SCRIPTED_LINES
+        return is_scripted(turn)
 
     @classmethod
     def from_events(cls, events: Iterable[Mapping[str, Any]], *, episode_id: str | None = None) -> Episode:
@@ -942,13 +939,11 @@ class LLMJudge:
         system, user = load_template("judge").render(**ctx, task=_STRUCTURED_TASK)
         convo: list[dict[str, str]] = [{"role": "user", "content": user}]
         max_tokens = min(8192, 512 + 48 * len(episode.turns))
-        problem = "no answer"
-        attempts = 0
-        for attempt in range(self.max_requeries + 1):
-            attempts += 1
-            response = await self._call(
+
+        async def send(messages: tuple[dict[str, str], ...], attempt: int) -> Any:
+            return await self._call(
                 GenerateRequest(
-                    messages=tuple(convo),
+                    messages=messages,
                     system=system,
                     schema=JUDGE_OUTPUT_SCHEMA,
                     schema_name="judge_output_v1",
@@ -959,35 +954,40 @@ class LLMJudge:
                     role="judge",
                 )
             )
+
+        def read(response: Any) -> tuple[tuple[tuple[TurnLabel, ...], dict[str, Any]] | None, str | None]:
             try:
                 raw = _decode(response)
             except ValueError as exc:
-                labels, claimed, problem = (), {}, f"no JSON object ({exc})"
-            else:
-                labels, claimed, problem = parse_judge_output(raw, episode)
-            if problem is None:
-                labels = _with_modalities(episode, labels, self.taxonomy)
-                shape = claimed.get("sanction_shape_match")
-                metrics = compute_episode_metrics(
-                    episode, labels, claimed_shape_match=shape if isinstance(shape, bool) else None
-                )
-                return JudgeOutput(
-                    turn_labels=labels,
-                    episode_metrics=metrics,
-                    model=self.model,
-                    source="llm",
-                    attempts=attempts,
-                    claimed_metrics=claimed,
-                )
-            convo = [
-                *convo,
-                {"role": "assistant", "content": str(getattr(response, "text", "") or "")[:4000]},
-                {
-                    "role": "user",
-                    "content": f"That was not valid judge_output_v1 ({problem}). Reply with the JSON object only.",
-                },
-            ]
-        return _Failure(f"malformed output after {attempts} attempts: {problem}", attempts)
+                return None, f"no JSON object ({exc})"
+            labels, claimed, problem = parse_judge_output(raw, episode)
+            return (None, problem) if problem is not None else ((labels, claimed), None)
+
+        done = await requery(
+            send,
+            convo,
+            read,
+            correction=lambda problem: (
+                f"That was not valid judge_output_v1 ({problem}). Reply with the JSON object only."
+            ),
+            max_requeries=self.max_requeries,
+        )
+        if done.value is None:
+            return _Failure(f"malformed output after {done.attempts} attempts: {done.problem}", done.attempts)
+        labels, claimed = done.value
+        labels = _with_modalities(episode, labels, self.taxonomy)
+        shape = claimed.get("sanction_shape_match")
+        metrics = compute_episode_metrics(
+            episode, labels, claimed_shape_match=shape if isinstance(shape, bool) else None
+        )
+        return JudgeOutput(
+            turn_labels=labels,
+            episode_metrics=metrics,
+            model=self.model,
+            source="llm",
+            attempts=done.attempts,
+            claimed_metrics=claimed,
+        )
 
     async def _label_by_choices(self, episode: Episode) -> JudgeOutput | _Failure:
         ctx = self._context(episode)
@@ -1036,13 +1036,13 @@ class LLMJudge:
             task = _CLASSIFIER_TASK.format(definition=definition)
             system, user = load_template("classifier").render(**ctx, task=task)
             convo: list[dict[str, str]] = [{"role": "user", "content": user}]
-            ids: list[int] | None = None
-            problem = "no answer"
-            for attempt in range(self.max_requeries + 1):
-                attempts += 1
-                response = await self._call(
+
+            async def send(
+                messages: tuple[dict[str, str], ...], attempt: int, key: str = key, system: str = system
+            ) -> Any:
+                return await self._call(
                     GenerateRequest(
-                        messages=tuple(convo),
+                        messages=messages,
                         system=system,
                         schema=_IDS_SCHEMA,
                         schema_name=f"classifier_{key}",
@@ -1053,16 +1053,19 @@ class LLMJudge:
                         role="judge",
                     )
                 )
-                ids, problem = _parse_ids(response)
-                if ids is not None:
-                    break
-                convo = [
-                    *convo,
-                    {"role": "assistant", "content": str(getattr(response, "text", "") or "")[:2000]},
-                    {"role": "user", "content": f'That was not valid ({problem}). Reply {{"turn_ids": [...]}} only.'},
-                ]
+
+            done = await requery(
+                send,
+                convo,
+                _read_ids,
+                correction=lambda problem: f'That was not valid ({problem}). Reply {{"turn_ids": [...]}} only.',
+                max_requeries=self.max_requeries,
+                echo_chars=2000,
+            )
+            attempts += done.attempts
+            ids = done.value
             if ids is None:
-                return _Failure(f"classifier category {key}: malformed output after retries: {problem}", attempts)
+                return _Failure(f"classifier category {key}: malformed output after retries: {done.problem}", attempts)
             keep = []
             for tid in ids:
                 turn = episode.turn(tid)
@@ -1096,6 +1099,27 @@ class LLMJudge:
 class _Failure:
     error: str
     attempts: int
+
+
+def _read_audit(response: Any) -> tuple[tuple[str, str] | None, str | None]:
+    """An audit answer as ``(label, justification)``, or the problem with it."""
+    try:
+        raw = _decode(response)
+    except ValueError as exc:
+        return None, f"no JSON object ({exc})"
+    if not isinstance(raw, Mapping):
+        return None, "the answer is not a JSON object"
+    label = str(raw.get("label", "")).strip().upper()
+    if label not in AUDIT_LABELS:
+        return None, f"label {label[:40]!r} is not one of {', '.join(AUDIT_LABELS)}"
+    justification = raw.get("justification")
+    text = justification.strip() if isinstance(justification, str) else ""
+    return (label, text or "(no justification given)"), None
+
+
+def _read_ids(response: Any) -> tuple[list[int] | None, str | None]:
+    ids, problem = _parse_ids(response)
+    return (ids, None) if ids is not None else (None, problem)
 
 
 def _parse_ids(response: Any) -> tuple[list[int] | None, str]:
@@ -1376,11 +1400,11 @@ class LLMAuditor:
             if text not in AUDIT_LABELS:
                 return _Failure(f"unexpected choice {text[:40]!r}", 1)
             return text, "Label chosen by scoring the three audit labels (no justification from a scoring model).", 1
-        problem = "no answer"
-        for attempt in range(self.max_requeries + 1):
-            response = await self.backend.generate(
+
+        async def send(messages: tuple[dict[str, str], ...], attempt: int) -> Any:
+            return await self.backend.generate(
                 GenerateRequest(
-                    messages=tuple(convo),
+                    messages=messages,
                     system=system,
                     schema=AUDIT_SCHEMA,
                     schema_name="fidelity_audit",
@@ -1391,25 +1415,12 @@ class LLMAuditor:
                     role="auditor",
                 )
             )
-            try:
-                raw = _decode(response)
-            except ValueError as exc:
-                raw, problem = None, f"no JSON object ({exc})"
-            if isinstance(raw, Mapping):
-                label = str(raw.get("label", "")).strip().upper()
-                justification = raw.get("justification")
-                if label in AUDIT_LABELS:
-                    text = justification.strip() if isinstance(justification, str) else ""
-                    return label, text or "(no justification given)", attempt + 1
-                problem = f"label {label[:40]!r} is not one of {', '.join(AUDIT_LABELS)}"
-            elif raw is not None:
-                problem = "the answer is not a JSON object"
-            convo = [
-                *convo,
-                {"role": "assistant", "content": str(getattr(response, "text", "") or "")[:2000]},
-                {"role": "user", "content": f"That was not valid ({problem}). Reply with the JSON object only."},
-            ]
-        return _Failure(f"malformed output after {self.max_requeries + 1} attempts: {problem}", self.max_requeries + 1)
+
+        done = await requery(send, convo, _read_audit, max_requeries=self.max_requeries, echo_chars=2000)
+        if done.value is None:
+            return _Failure(f"malformed output after {done.attempts} attempts: {done.problem}", done.attempts)
+        label, text = done.value
+        return label, text, done.attempts
 
 
 # ---------------------------------------------------------------------------
