@@ -33,6 +33,7 @@ def _wvs(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             cache=args.cache,
             quiet=args.quiet,
+            plots=not args.no_plots,
         )
     )
 
@@ -112,6 +113,7 @@ def register(group: CommandGroup) -> None:
     p.add_argument("--max-tokens", type=int, default=8, help="output tokens in generate mode (default 8)")
     p.add_argument("--concurrency", type=int, default=32, help="personas in flight (default 32)")
     p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (report.md and the metrics stay)")
     p.add_argument("--out", required=True, help="output folder")
     add_cache_argument(p)
 

@@ -469,6 +469,7 @@ class WVSConfig:
     concurrency: int = 32
     cache: str = "read-write"
     quiet: bool = False
+    plots: bool = True
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
@@ -618,7 +619,7 @@ def run_wvs(config: WVSConfig) -> dict[str, Any]:
     atomic_write_text(out / "wvs_metrics.json", json.dumps(result, indent=1) + "\n")
     from scene_sim.studies.clca.wvs_report import write_report
 
-    write_report(out, result, questions)
+    write_report(out, result, questions, plots=config.plots)
     return result
 
 

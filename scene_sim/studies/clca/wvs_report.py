@@ -172,9 +172,11 @@ def plot_histograms(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out: Path, result: dict[str, Any], questions: Sequence[Any]) -> None:
-    """Write ``report.md`` and the two plots into ``out``."""
+def write_report(out: Path, result: dict[str, Any], questions: Sequence[Any], *, plots: bool = True) -> None:
+    """Write ``report.md`` and (with ``plots``) the two plots into ``out``."""
     atomic_write_text(out / "report.md", _markdown(result, questions))
+    if not plots:
+        return
     try:
         import matplotlib  # noqa: F401
     except ImportError:  # plots are optional; the numbers are in wvs_metrics.json
