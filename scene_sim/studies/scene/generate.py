@@ -53,16 +53,18 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from rich.console import Console
 
-from scene_sim.backends._managed import decode_json
+from scene_sim._json import decode_json
 from scene_sim.backends.base import Backend, BackendError, GenerateRequest, GenerateResponse
 from scene_sim.errors import SceneSimError
+from scene_sim.progress import ProgressDisplay
 from scene_sim.prompts import load_template
 from scene_sim.studies.scene.checks import lint_scenario
 from scene_sim.studies.scene.scenario import Scaffold, Scenario, parse_line, scaffold_leaks
@@ -1050,39 +1052,6 @@ def _append(fh: IO[str], scenario: Scenario) -> None:
     os.fsync(fh.fileno())
 
 
-class _Bar:
-    """A rich progress bar, or nothing."""
-
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
-        self.enabled = enabled
-        self.total = total
-        self.done = done
-        self._progress: Any = None
-        self._task: Any = None
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[_Bar]:
-        if not self.enabled:
-            yield self
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(
-            TextColumn("[bold]generate[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-        ) as progress:
-            self._progress = progress
-            self._task = progress.add_task("generate", total=self.total, completed=self.done, status="")
-            yield self
-
-    def advance(self, written: int, rejected: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, status=f"{written} written, {rejected} rejected")
-
-
 def _first_error(exc: BaseException) -> BaseException:
     if isinstance(exc, BaseExceptionGroup):
         leaves = [_first_error(e) for e in exc.exceptions]
@@ -1172,8 +1141,10 @@ async def generate_scenarios(
             generator = ScenarioGenerator(backend, model=model, taxonomy=tax, max_attempts=max_attempts)
             gen = generator
             limit = asyncio.Semaphore(concurrency)
-            bar = _Bar(progress, len(plan), summary.skipped_existing)
-            with open(path, "a", encoding="utf-8") as fh, bar.running():
+            bar = ProgressDisplay(
+                len(plan), summary.skipped_existing, label="scenarios", quiet=not progress, console=Console(stderr=True)
+            )
+            with open(path, "a", encoding="utf-8") as fh, bar:
 
                 async def one(planned: PlannedScenario) -> None:
                     async with limit:
@@ -1186,7 +1157,7 @@ async def generate_scenarios(
                         except OSError as exc:
                             raise SceneSimError(f"{path}: cannot write: {exc.strerror or exc}") from None
                         summary.written += 1
-                    bar.advance(summary.written, summary.rejected)
+                    bar.update(bar.done + 1, f"{summary.written} written, {summary.rejected} rejected")
 
                 try:
                     async with asyncio.TaskGroup() as group:
@@ -1208,8 +1179,6 @@ async def generate_scenarios(
             summary.rejections_by_reason = dict(Counter(r.reason for r in generator.rejections).most_common())
             summary.rejected_by_reason = dict(Counter(r.reason for r in generator.rejections if r.final).most_common())
     if progress:
-        from rich.console import Console
-
         console = Console()
         for line in summary.lines():
             console.print(line, highlight=False, markup=False)
