@@ -30,6 +30,7 @@ from scene_sim.studies.scene.judge import (
 )
 from scene_sim.studies.scene.model import SceneModel
 from scene_sim.studies.scene.oracle import TurnLabel
+from tests.backends.fakeserver import FakeServer, Recorded, Reply
 
 from .fixtures.builders import HAND, LONG, VALID, CannedBackend, ChoiceBackend, build_events
 
@@ -354,3 +355,131 @@ def test_llm_judge_never_raises_on_any_output(taxonomy: Any, hand: Episode) -> N
     for reply in junk:
         out = run(LLMJudge("canned/x", CannedBackend([reply]), taxonomy, max_requeries=1).label(hand))
         assert isinstance(out, JudgeOutput)
+
+
+# -- the judge through the managed layer and a provider SDK over HTTP ---------------------------------------
+
+KEY = "sk-judge-test-DO-NOT-LEAK"
+
+
+def _completion(content: str) -> Reply:
+    return Reply(
+        200,
+        {
+            "id": "chatcmpl-j",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "judge-test",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 900, "completion_tokens": 120, "total_tokens": 1020},
+        },
+    )
+
+
+def _schema_name(rec: Recorded) -> str:
+    return rec.json["response_format"]["json_schema"]["name"]
+
+
+@pytest.fixture
+def judge_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("SCENE_SIM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    server = FakeServer()
+    yield server
+    server.close()
+
+
+async def _judge_over_http(server: FakeServer, **kw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    from scene_sim.context import RunContext
+    from scene_sim.studies.scene.analysis import judge_episode
+
+    context = RunContext(cache_mode="off")
+    try:
+        doc = await judge_episode(
+            build_events(HAND), judge=f"openai/judge-test?base_url={server.url}/v1", context=context, **kw
+        )
+    finally:
+        await context.aclose()
+    return doc, context.accounting()
+
+
+async def test_llm_judge_over_http_labels_the_episode(judge_server: FakeServer) -> None:
+    audit = {"label": "VALID", "justification": "Demonstrated, sanctioned in register, repaired."}
+
+    def reply(rec: Recorded) -> Reply:
+        return _completion(json.dumps(VALID if _schema_name(rec) == "judge_output_v1" else audit))
+
+    judge_server.default = reply
+    doc, accounting = await _judge_over_http(judge_server)
+    assert doc["judge"]["source"] == "llm" and doc["judge"]["judge_failure"] is False
+    assert {lab["turn_id"]: lab["label"] for lab in doc["turn_labels"] if lab["label"] != "NONE"} == {
+        3: "BREACH", 4: "DEMONSTRATION", 5: "SANCTION", 6: "FACE_SAVE_REPAIR",
+    }  # fmt: skip
+    assert doc["fidelity"]["label"] == "VALID"
+    names = [_schema_name(r) for r in judge_server.posts]
+    assert names == ["judge_output_v1", "fidelity_audit"]  # the SDK sent a JSON schema request for each
+    first = judge_server.posts[0]
+    assert (
+        first.headers.get("authorization") == f"Bearer {KEY}" or first.headers.get("Authorization") == f"Bearer {KEY}"
+    )
+    sent = json.dumps(first.json)
+    assert "SANCTION MODALITY: explicit_callout" in sent and first.json["model"] == "judge-test"
+    judge_calls = accounting["by_role"]["judge"]["openai/judge-test"]
+    assert judge_calls["calls"] >= 1 and judge_calls["input_tokens"] >= 900  # counted by the managed layer
+    assert KEY not in json.dumps(doc)
+
+
+async def test_llm_judge_over_http_requeries_a_malformed_answer(judge_server: FakeServer) -> None:
+    answers = iter(["I think turn 3 is a breach.", json.dumps(VALID)])
+
+    def reply(rec: Recorded) -> Reply:
+        if _schema_name(rec) == "judge_output_v1":
+            return _completion(next(answers))
+        return _completion(json.dumps({"label": "VALID", "justification": "ok"}))
+
+    judge_server.default = reply
+    doc, _ = await _judge_over_http(judge_server)
+    assert doc["judge"]["source"] == "llm" and doc["judge"]["attempts"] == 2
+    judge_posts = [r for r in judge_server.posts if _schema_name(r) == "judge_output_v1"]
+    assert len(judge_posts) == 2
+    assert judge_posts[1].json["messages"][-2] == {"role": "assistant", "content": "I think turn 3 is a breach."}
+
+
+async def test_llm_judge_over_http_falls_back_when_the_key_is_refused(judge_server: FakeServer) -> None:
+    judge_server.default = Reply(401, {"error": {"message": "Incorrect API key provided", "type": "auth"}})
+    doc, accounting = await _judge_over_http(judge_server)
+    assert doc["judge"]["judge_failure"] is True and doc["judge"]["source"] == "heuristic"
+    assert "401" in doc["judge"]["error"] or "API key" in doc["judge"]["error"]
+    assert KEY not in json.dumps(doc)
+    assert accounting["by_role"]["judge"]["openai/judge-test"]["errors"] >= 1
+
+
+# -- audit wording ------------------------------------------------------------------------------------------
+
+
+def test_a_valid_justification_states_what_happened(taxonomy: Any, hand: Episode) -> None:
+    import dataclasses
+
+    res = run(RuleAuditor(taxonomy).audit(hand))
+    assert res["label"] == "VALID"
+    demos = res["checks"]["demonstrations"]
+    assert f"demonstrated the norm in {demos} turns" in res["justification"]
+    # a VALID episode carried by an in-register sanction alone has no demonstration to count
+    oracle = OracleJudge(taxonomy).label_sync(hand)
+    no_demos = tuple(
+        dataclasses.replace(lab, label="NONE") if lab.label == "DEMONSTRATION" else lab for lab in oracle.turn_labels
+    )
+    out = dataclasses.replace(oracle, turn_labels=no_demos)
+    res = audit_rules(hand, out)
+    assert res["label"] == "VALID" and res["checks"]["demonstrations"] == 0, res
+    assert "0 turns" not in res["justification"] and "demonstrated the norm" not in res["justification"]
+    assert "in-register sanction" in res["justification"] and "no demonstration" in res["justification"]
+
+
+def test_an_episode_cut_by_the_budget_is_invalid(taxonomy: Any) -> None:
+    events = build_events(HAND)
+    events[-1] = {**events[-1], "reason": "budget"}
+    res = run(RuleAuditor(taxonomy).audit(Episode.from_events(events)))
+    assert res["label"] == "INVALID" and "'budget'" in res["justification"]
