@@ -262,3 +262,41 @@ def test_six_thousand_episodes_stay_compact(tmp_path_factory):
     # the chat text is stored once; the structure costs about 1.5 kB per episode of ~40 actions
     assert per_episode < 2500, per_episode
     assert size < 20_000_000, size
+
+
+def test_label_counts_never_exceed_the_chat_turns_beside_them(built, tmp_path):
+    # a judge that labels a turn twice, or a turn id that is not in the chat, must not inflate the counts
+    src: RunDir = built["run_dir"]
+    run = tmp_path / "run"
+    shutil.copytree(src.path, run)
+    rd = RunDir(run)
+    eid = rd.episode_ids()[0]
+    doc = rd.read_labels(eid)
+    labels = doc["turn_labels"]
+    chat_turns = {lab["turn_id"] for lab in labels}
+    first = labels[0]
+    doc["turn_labels"] = [
+        *labels,
+        *[{**lab, "label": "DEMONSTRATION"} for lab in labels],  # every turn labelled again
+        {**first, "turn_id": 999, "label": "DEMONSTRATION"},  # a turn that does not exist
+    ]
+    (run / "labels" / f"{eid}.json").write_text(json.dumps(doc))
+    data = collect_viewer_data(run)
+    ep = _episode(data, eid)
+    ids = [tid for tid, _ in ep["l"]]
+    assert len(ids) == len(set(ids)) and set(ids) <= chat_turns  # one label per chat turn, none invented
+    assert len(ep["l"]) <= ep["n"][0] + ep["n"][1]  # never more labels than messages + reactions
+    strings = _strings(data)
+    assert {strings[s] for _, s in ep["l"]} == {"DEMONSTRATION"}  # the last label given to a turn wins
+
+
+def test_the_viewer_says_what_each_count_counts(built):
+    js = (Path(__file__).resolve().parents[1] / "scene_sim" / "_viewer" / "viewer.js").read_text()
+    assert "chat turns (" in js and '" turns"' in js and "chat turns the judge labelled" in js
+
+
+def test_view_of_a_file_is_not_a_missing_run_directory(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text("{}\n")
+    with pytest.raises(SceneSimError, match="is a file, not a run directory"):
+        write_viewer(path)
