@@ -6,10 +6,33 @@ that determines it: the backend's :meth:`~scene_sim.backends.base.Backend.cache_
 temperature, max_tokens, seed, stop sequences and the replicate index. Limits,
 retries and the calling role are not part of the key.
 
-Modes: ``read-write`` (default), ``read-only`` (reads, never writes, never
-creates the file) and ``off`` (never touches the file). The database runs in
-WAL mode with short transactions, so several processes can share it; every
-SQLite call runs on the cache's own worker thread, never on the event loop.
+What is stored is what the provider returned to the caller, whether or not
+it was usable: a schema answer that does not parse (``parsed`` null), an
+empty text, a refusal. That makes a re-run from the cache take exactly the
+path of the first run: the caller's re-query after a bad output is a new
+request (its messages carry the bad answer and the correction), so it is its
+own entry, and it is replayed too. Only the output that ended a call is
+stored: attempts that failed in transport (429, 5xx, timeouts, unreadable
+bodies) return nothing to store, and the attempt number is not in the key,
+so a retried attempt can never be answered by, or overwrite, another
+request's output. A call that failed in the end although the provider
+answered (no attempt's answer matched the ``choices``) is stored as a
+*failed* entry with its error message.
+
+Modes:
+
+* ``read-write`` (default): every stored entry is replayed, unusable outputs
+  included, so a re-run sends zero requests for what the first run got an
+  answer to; failed entries are refreshed (asked again and overwritten), and
+  calls that failed without an answer are simply asked again.
+* ``read-only``: every stored entry is replayed, failed entries included (the
+  call fails again with the stored error, without a request); misses are
+  asked and never written; the database file is never created.
+* ``off``: the file is never touched.
+
+The database runs in WAL mode with short transactions, so several processes
+can share it; every SQLite call runs on the cache's own worker thread, never
+on the event loop.
 """
 
 from __future__ import annotations
@@ -24,13 +47,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
 
 from scene_sim.backends.base import GenerateRequest, GenerateResponse, Usage
 from scene_sim.errors import SceneSimError, suggest
 
-__all__ = ["CACHE_MODES", "CacheMode", "ResponseCache", "cache_key", "default_cache_dir"]
+__all__ = ["CACHE_MODES", "CacheEntry", "CacheMode", "ResponseCache", "cache_key", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +114,25 @@ def cache_key(identity: Mapping[str, Any], request: GenerateRequest) -> str:
     return hashlib.sha256(_canonical(payload).encode("utf-8")).hexdigest()
 
 
-def _encode(response: GenerateResponse) -> str:
+@dataclass(frozen=True)
+class CacheEntry:
+    """One stored outcome.
+
+    Attributes:
+        response: what the provider returned (marked ``cache_hit``, ``attempts`` 0).
+        error: None for an answer the caller received; the call's error message
+            for a *failed* entry (the provider answered, the call failed anyway).
+
+    """
+
+    response: GenerateResponse
+    error: str | None = None
+
+
+def _encode(response: GenerateResponse, error: str | None = None) -> str:
     return _canonical(
         {
+            "error": error,
             "text": response.text,
             "parsed": response.parsed,
             "usage": {
@@ -106,10 +146,11 @@ def _encode(response: GenerateResponse) -> str:
     )
 
 
-def _decode(raw: str) -> GenerateResponse:
+def _decode(raw: str) -> CacheEntry:
     data = json.loads(raw)
     usage = data.get("usage") or {}
-    return GenerateResponse(
+    error = data.get("error")
+    response = GenerateResponse(
         text=data["text"],
         parsed=data.get("parsed"),
         usage=Usage(
@@ -122,6 +163,7 @@ def _decode(raw: str) -> GenerateResponse:
         cache_hit=True,
         attempts=0,
     )
+    return CacheEntry(response, str(error) if error is not None else None)
 
 
 class ResponseCache:
@@ -231,8 +273,8 @@ class ResponseCache:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scene-sim-cache")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def get(self, key: str) -> GenerateResponse | None:
-        """Return the stored response for ``key`` (marked ``cache_hit``), or None.
+    async def lookup(self, key: str) -> CacheEntry | None:
+        """Return the stored entry for ``key`` (failed entries included), or None.
 
         A damaged or unreadable cache logs a warning and counts as a miss.
         """
@@ -246,15 +288,26 @@ class ResponseCache:
             log.warning("response cache %s unreadable, continuing without it: %s", self.path, exc)
             return None
 
-    async def put(self, key: str, response: GenerateResponse, *, model: str = "") -> None:
-        """Store ``response`` under ``key`` (only in ``read-write`` mode).
+    async def get(self, key: str) -> GenerateResponse | None:
+        """Return the stored response for ``key`` (marked ``cache_hit``), or None (failed entries too)."""
+        entry = await self.lookup(key)
+        return entry.response if entry is not None and entry.error is None else None
+
+    async def put(self, key: str, response: GenerateResponse, *, model: str = "", error: str | None = None) -> None:
+        """Store ``response`` under ``key`` (only in ``read-write`` mode), replacing what was there.
+
+        Args:
+            key: the request's :func:`cache_key`.
+            response: what the provider returned, usable or not.
+            model: the model string (default: the response's).
+            error: the call's error message when this output failed the call (a *failed* entry).
 
         A failing write logs a warning; it never fails the call.
         """
         if not self.writable or self._broken:
             return
         try:
-            await self._run(self._put_sync, key, model or response.model, _encode(response))
+            await self._run(self._put_sync, key, model or response.model, _encode(response, error))
         except (sqlite3.Error, OSError, ValueError, TypeError) as exc:
             self._broken = True
             log.warning("response cache %s not writable, continuing without it: %s", self.path, exc)

@@ -1,6 +1,8 @@
 """The one managed wrapper every backend runs behind.
 
-:class:`ManagedBackend` adds, in this order: response-cache lookup, the
+:class:`ManagedBackend` adds, in this order: response-cache lookup (every
+answer the caller gets is stored, unusable ones included, so a re-run from
+the cache replays the first run exactly; modes in :mod:`scene_sim.backends._cache`), the
 provider's connection limit (shared per provider and base URL; a freed
 connection goes to the waiting task that has made the fewest calls), a
 requests-per-minute throttle (asyncio-throttle) and an optional
@@ -33,7 +35,7 @@ from asyncio_throttle import Throttler
 
 from scene_sim._json import decode_json
 from scene_sim.backends._accounting import Accountant
-from scene_sim.backends._cache import ResponseCache, cache_key
+from scene_sim.backends._cache import CacheEntry, ResponseCache, cache_key
 from scene_sim.backends.base import (
     Backend,
     BackendError,
@@ -98,6 +100,8 @@ class CallFailed(BackendError):
         self.attempts = attempts
         self.retries = retries
         self.latency_s = latency_s
+        #: replayed from a failed cache entry (read-only mode), no request sent
+        self.cache_hit = False
 
 
 class FatalBackendError(CallFailed, SceneSimError):
@@ -144,7 +148,7 @@ def model_call_fields(result: GenerateResponse | BaseException, model: str = "")
         "cached_tokens": 0,
         "latency_s": round(float(getattr(result, "latency_s", 0.0)), 6),
         "attempts": int(getattr(result, "attempts", 1)),
-        "cache_hit": False,
+        "cache_hit": bool(getattr(result, "cache_hit", False)),
         "error": redact(_one_line(str(result) or type(result).__name__)),
     }
 
@@ -533,7 +537,8 @@ class ManagedBackend:
         Raises:
             FatalBackendError: a fatal provider error (first occurrence, no retry).
             BudgetExceeded: the run's budget refused the next attempt.
-            CallFailed: every attempt failed with retryable errors.
+            CallFailed: every attempt failed with retryable errors, or (read-only cache)
+                the stored failed entry of this request was replayed.
 
         """
         started = time.monotonic()
@@ -541,14 +546,10 @@ class ManagedBackend:
         key: str | None = None
         if self.cache is not None and self.cache.readable:
             key = cache_key(self.backend.cache_identity(), request)
-            hit = await self.cache.get(key)
-            if hit is not None:
-                latency = time.monotonic() - started
-                hit = dataclasses.replace(hit, latency_s=latency, model=hit.model or model)
-                self.accountant.record(
-                    role=request.role, model=model, usage=hit.usage, attempts=0, latency_s=latency, cache_hit=True
-                )
-                return hit
+            entry = await self.cache.lookup(key)
+            # read-write refreshes a failed entry (asks again); read-only replays the failure too
+            if entry is not None and (entry.error is None or not self.cache.writable):
+                return self._replay(request, entry, started)
 
         sent = request
         if request.choices is not None and not self.backend.capabilities.scores_choices:
@@ -558,8 +559,10 @@ class ManagedBackend:
 
         retries: list[dict[str, Any]] = []
         for attempt in range(1, self.max_attempts + 1):
+            raw_answer: GenerateResponse | None = None  # this attempt's answer, when the provider gave one
             try:
                 raw, latency = await self._budgeted_attempt(sent)
+                raw_answer = raw
                 response = self._normalise(request, raw)
             except (asyncio.CancelledError, BudgetExceeded):
                 raise
@@ -567,6 +570,10 @@ class ManagedBackend:
                 error = self._classify(exc)
                 message = redact(_one_line(str(error) or type(error).__name__))
                 if error.kind == "fatal" or attempt == self.max_attempts:
+                    what = "failed" if error.kind == "fatal" else f"failed after {attempt} attempts"
+                    if raw_answer is not None and key is not None and self.cache is not None:
+                        # the provider answered but the answer failed the call: a failed entry, for exact replay
+                        await self.cache.put(key, raw_answer, model=model, error=f"{model} {what}: {message}")
                     elapsed = time.monotonic() - started
                     self.accountant.record(
                         role=request.role,
@@ -577,7 +584,6 @@ class ManagedBackend:
                         error=True,
                     )
                     cls = FatalBackendError if error.kind == "fatal" else CallFailed
-                    what = "failed" if error.kind == "fatal" else f"failed after {attempt} attempts"
                     raise cls(
                         f"{model} {what}: {message}",
                         kind=error.kind,
@@ -600,10 +606,8 @@ class ManagedBackend:
                 cache_hit=False,
                 retries=tuple(retries),
             )
-            cacheable = bool(response.text.strip()) and (request.schema is None or response.parsed is not None)
-            if key is None and self.cache is not None and self.cache.writable:
-                key = cache_key(self.backend.cache_identity(), request)
-            if key is not None and cacheable and self.cache is not None and self.cache.writable:
+            # every answer the caller gets is stored, unusable ones included (exact replay; see _cache)
+            if key is not None and self.cache is not None:
                 await self.cache.put(key, response, model=model)
             self.accountant.record(
                 role=request.role,
@@ -615,3 +619,23 @@ class ManagedBackend:
             )
             return response
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _replay(self, request: GenerateRequest, entry: CacheEntry, started: float) -> GenerateResponse:
+        """Answer from a stored entry: its response, or (a failed entry) the stored failure, with no request."""
+        model = self.model_string
+        latency = time.monotonic() - started
+        hit = dataclasses.replace(entry.response, latency_s=latency, model=entry.response.model or model)
+        self.accountant.record(
+            role=request.role,
+            model=model,
+            usage=hit.usage,
+            attempts=0,
+            latency_s=latency,
+            cache_hit=True,
+            error=entry.error is not None,
+        )
+        if entry.error is None:
+            return hit
+        failed = CallFailed(entry.error, kind="retry", model=model, attempts=0, latency_s=latency)
+        failed.cache_hit = True
+        raise failed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import subprocess
 import sys
@@ -59,6 +60,30 @@ def test_key_is_stable_and_hex() -> None:
 )
 def test_key_changes_with_what_changes_the_answer(change: dict) -> None:
     assert cache_key(IDENTITY, req(**change)) != cache_key(IDENTITY, req())
+
+
+def test_every_field_of_the_key_changes_it() -> None:
+    """Pin the key recipe: provider, model, base URL, prompt, schema, schema_name, sampling, seed, replicate."""
+    base_req = req(schema=SCHEMA, schema_name="answer", temperature=0.5, max_tokens=50, seed=3, replicate=0)
+    base = cache_key(IDENTITY, base_req)
+    identity_changes = [{"provider": "anthropic"}, {"model": "gpt-other"}, {"base_url": "http://127.0.0.1:9/v1"}]
+    for change in identity_changes:
+        assert cache_key({**IDENTITY, **change}, base_req) != base, change
+    request_changes = [
+        {"system": "another system"},
+        {"messages": ({"role": "user", "content": "hello?"},)},
+        {"messages": ({"role": "assistant", "content": "hello"},)},
+        {"schema": {**SCHEMA, "required": []}},
+        {"schema_name": "other_name"},
+        {"temperature": 0.7},
+        {"max_tokens": 51},
+        {"stop": ("END",)},
+        {"seed": 4},
+        {"replicate": 1},
+        {"schema": None, "choices": ("a", "b")},
+    ]
+    for change in request_changes:
+        assert cache_key(IDENTITY, dataclasses.replace(base_req, **change)) != base, change
 
 
 def test_key_ignores_role() -> None:
@@ -148,15 +173,77 @@ async def test_off_neither_reads_nor_writes(tmp_path: Path) -> None:
     await off.aclose()
 
 
-async def test_unparsed_schema_answers_are_not_cached(kit: Kit, server: FakeServer) -> None:
-    """A re-query after a parse failure must reach the model again, not replay the bad answer."""
+async def test_unparsed_schema_answers_are_stored_and_replayed(kit: Kit, server: FakeServer) -> None:
+    """A bad answer is what the provider returned: it is replayed; the re-query is its own entry."""
     server.queue(kit.text("no json here"), kit.structured({"x": 1}))
     backend = create_backend(kit.model(server))
-    bad = await backend.generate(req(schema=SCHEMA))
-    good = await backend.generate(req(schema=SCHEMA))
+    first = req(schema=SCHEMA)
+    requery = req(
+        schema=SCHEMA,
+        messages=(
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "no json here"},
+            {"role": "user", "content": "That was not valid. Reply with the JSON object only."},
+        ),
+    )
+    bad = await backend.generate(first)
+    good = await backend.generate(requery)
+    server.default = kit.error(500, "the replay must not reach the provider")
+    bad_again = await backend.generate(first)
+    good_again = await backend.generate(requery)
     await backend.aclose()
     assert bad.parsed is None and good.parsed == {"x": 1}
+    assert (bad_again.cache_hit, bad_again.text, bad_again.parsed) == (True, bad.text, None)
+    assert (good_again.cache_hit, good_again.parsed) == (True, {"x": 1})
     assert len(server.posts) == 2
+
+
+async def test_empty_answers_are_stored(kit: Kit, server: FakeServer) -> None:
+    server.queue(kit.text(""))
+    backend = create_backend(kit.model(server))
+    await backend.generate(req())
+    again = await backend.generate(req())
+    await backend.aclose()
+    assert again.cache_hit and again.text == "" and len(server.posts) == 1
+
+
+async def test_transport_retries_store_the_answer_the_caller_got(kit: Kit, server: FakeServer) -> None:
+    """Attempts that fail in transport leave nothing; the stored output is the attempt that answered."""
+    server.queue(kit.error(429, "slow down"), kit.error(500, "oops"), kit.text("{not json"), kit.text("later"))
+    backend = create_backend(kit.model(server, max_attempts=4))
+    backend.backoff_base_s = 0.001
+    got = await backend.generate(req(schema=SCHEMA))
+    again = await backend.generate(req(schema=SCHEMA))
+    await backend.aclose()
+    assert got.attempts == 3 and got.parsed is None and got.text == "{not json"
+    assert again.cache_hit and again.text == "{not json" and len(server.posts) == 3
+    assert rows(default_cache_dir()) == 1
+
+
+async def test_failed_entry_refreshed_by_read_write_replayed_by_read_only(kit: Kit, server: FakeServer) -> None:
+    """An answer that fails the call (no choice matched) is a failed entry."""
+    from scene_sim.backends._managed import CallFailed
+
+    choose = req(choices=("yes", "no"))
+    server.queue(kit.structured({"choice": "banana"}), kit.structured({"choice": "banana"}))
+    rw = create_backend(kit.model(server, max_attempts=2))
+    rw.backoff_base_s = 0.001
+    with pytest.raises(CallFailed, match="banana") as first:
+        await rw.generate(choose)
+    assert len(server.posts) == 2
+
+    ro = create_backend(kit.model(server, max_attempts=2), cache_mode="read-only")
+    with pytest.raises(CallFailed) as replayed:
+        await ro.generate(choose)
+    assert len(server.posts) == 2  # read-only replays the failure without a request
+    assert str(replayed.value) == str(first.value) and replayed.value.cache_hit and replayed.value.attempts == 0
+
+    server.queue(kit.structured({"choice": "no"}))
+    refreshed = await rw.generate(choose)  # read-write asks again and overwrites the failed entry
+    assert refreshed.text == "no" and not refreshed.cache_hit and len(server.posts) == 3
+    assert (await ro.generate(choose)).text == "no" and len(server.posts) == 3
+    await rw.aclose()
+    await ro.aclose()
 
 
 async def test_concurrent_writers_in_one_loop(tmp_path: Path) -> None:
