@@ -162,3 +162,23 @@ async def test_managed_calls_feed_one_accountant(
     assert judge["calls"] == 2 and judge["errors"] == 1 and judge["input_tokens"] == 2000
     assert summary["by_role"]["orchestrator"]["fake/m"]["cost_usd"] is None  # fake/* is not in this table
     assert summary["total"]["calls"] == 5
+
+
+def test_family_matches_are_told_apart_from_dated_versions() -> None:
+    table = PriceTable(
+        {"anthropic/claude-opus-4": Price(15, 75, 1.5), "openai/gpt-4.1": Price(2, 8, 0.5), "hf/*": Price(0, 0, 0)}
+    )
+    family = PriceTable.is_family_match
+    assert family("anthropic/claude-opus-4-7", "anthropic/claude-opus-4")  # a newer model, maybe another price
+    assert not family("anthropic/claude-opus-4-20250514", "anthropic/claude-opus-4")  # a dated snapshot
+    assert not family("openai/gpt-4.1-2025-04-14", "openai/gpt-4.1")
+    assert not family("hf/any/model", "hf/*") and not family("openai/gpt-4.1", "openai/gpt-4.1")
+    assert table.match("anthropic/claude-opus-4-7?x=1") == ("anthropic/claude-opus-4", Price(15, 75, 1.5))
+    assert table.match("google/unknown") is None
+
+
+def test_the_shipped_table_prices_opus_4_7_on_its_own() -> None:
+    table = PriceTable.load()
+    hit = table.match("anthropic/claude-opus-4-7")
+    assert hit is not None and hit[0] == "anthropic/claude-opus-4-7"
+    assert table.family_matched(["anthropic/claude-opus-4-7", "google/gemini-3-flash-preview"]) == {}

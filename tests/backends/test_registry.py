@@ -62,8 +62,10 @@ def test_bad_managed_option_value() -> None:
 
 
 def test_scripted_is_not_a_backend() -> None:
-    with pytest.raises(SceneSimError, match="offline policies"):
+    with pytest.raises(SceneSimError, match="offline policies") as info:
         create_backend("scripted/learner")
+    assert "create_backend" not in str(info.value)  # no internal names in a user's error
+    assert "--subject" in str(info.value)
     with pytest.raises(SceneSimError, match="offline policies"):
         backend_class("scripted")
     with pytest.raises(SceneSimError, match="not a model backend"):
