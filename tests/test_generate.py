@@ -706,3 +706,16 @@ def test_good_answers_fit_the_provider_schemas(picks):
         assert fits(scaffold_output(s), scaffold_schema())
         cast = [c.name for c in s.scaffold.channel.cast]
         assert fits(hidden_output(s), hidden_schema(cast, precedent=s.tuple.precedent))
+
+
+async def test_a_failed_run_leaves_no_empty_file_behind(tmp_path, monkeypatch, picks):
+    use_tuples(monkeypatch, [s.scene_tuple for s in picks])
+    summary = await run(tmp_path, Failing(BackendError("overloaded", kind="retry")), 3, name="none.jsonl")
+    assert summary.written == 0 and not (tmp_path / "none.jsonl").exists()
+    with pytest.raises(SceneSimError, match="invalid api key"):
+        await run(tmp_path, Failing(BackendError("invalid api key", kind="fatal")), 3, name="fatal.jsonl")
+    assert not (tmp_path / "fatal.jsonl").exists()
+    # a file the user had before is never removed, even when this run adds nothing to it
+    (tmp_path / "mine.jsonl").write_text("")
+    await run(tmp_path, Failing(BackendError("overloaded", kind="retry")), 3, name="mine.jsonl")
+    assert (tmp_path / "mine.jsonl").exists()
