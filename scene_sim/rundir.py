@@ -9,7 +9,10 @@ Layout::
 
 Every file is written whole to a temporary name in the same folder, flushed
 to disk and renamed over the target, so a crash at any moment leaves either
-the old file or the new one, never a torn one.
+the old file or the new one, never a torn one. The file gets the mode an
+ordinary ``open()`` would give it (0666 less the umask: 0644 under 022), not
+the temporary file's private 0600, so colleagues on a shared machine can read
+a run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,23 @@ from scene_sim.errors import SceneSimError
 __all__ = ["RunDir", "atomic_write_bytes", "atomic_write_text", "ensure_writable_dir", "package_versions"]
 
 _TMP_PREFIX = ".tmp-"
+_UMASK: int | None = None
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux), else once."""
+    global _UMASK
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    if _UMASK is None:  # elsewhere: os.umask can only be read by setting it, so do it once
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -43,6 +63,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + target.name + ".", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the run's files follow the umask
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -43,3 +43,26 @@ def test_async_writer_writes_the_same_bytes(tmp_path) -> None:
     a.write_labels("e1", {"turn_labels": [{"turn_id": 1, "label": "breach"}]})
     asyncio.run(b.awrite_labels("e1", {"turn_labels": [{"turn_id": 1, "label": "breach"}]}))
     assert a.labels_by_turn("e1") == b.labels_by_turn("e1") == {1: "breach"}
+
+
+def test_files_follow_the_umask(tmp_path) -> None:
+    """Written atomically, yet readable by colleagues: 0644 under umask 022, 0600 under 077."""
+    import os
+    import stat
+
+    from scene_sim.rundir import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        run = RunDir(tmp_path / "run")
+        paths = [run.write_episode("e1", _events()), run.write_labels("e1", {"turn_labels": []})]
+        run.write_run({"x": 1})
+        paths.append(run.run_json)
+        atomic_write_text(tmp_path / "run" / "metrics.json", "{}\n")
+        paths.append(tmp_path / "run" / "metrics.json")
+        assert {stat.S_IMODE(p.stat().st_mode) for p in paths} == {0o644}
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "private.txt", "x")
+        assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
