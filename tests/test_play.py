@@ -307,3 +307,12 @@ def test_play_through_a_pseudo_terminal(tmp_path):
         (eid,) = rd.episode_ids()
         assert rd.label_path(eid).exists()
         assert "human" in json.loads((out / "metrics.json").read_text())["models"]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--max-turns", "0"), ("--seed", "-1")])
+def test_play_flags_are_range_checked(flag, value, capsys):
+    from scene_sim.cli import main
+
+    assert main(["play", "--scenario", "x", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: must be" in err and len(err.strip().splitlines()) == 1

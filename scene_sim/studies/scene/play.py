@@ -510,12 +510,14 @@ async def play_episode(
 
 def add_play_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``play`` command's arguments to ``parser``."""
+    from scene_sim.studies.scene._args import int_range
+
     parser.add_argument("--scenario", required=True, help="scenario id (see 'scene-sim scenarios') or path")
     parser.add_argument("--personas", default="scripted", help="model string for every persona (default: scripted)")
     parser.add_argument("--orchestrator", default="scripted", help="orchestrator model string (default: scripted)")
     parser.add_argument("--judge", default="scripted", help="judge model string, or 'none' (default: scripted)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-turns", type=int, default=8)
+    parser.add_argument("--seed", type=int_range(0), default=0)
+    parser.add_argument("--max-turns", type=int_range(1, 200), default=8)
     parser.add_argument("--scenarios", help="scenario source to look the id up in (default: the shipped bank)")
     parser.add_argument("--out", default=None, help="run directory (default: ./scene-sim-play-<date>-<time>)")
     parser.add_argument(
