@@ -13,7 +13,9 @@ hooks:
   post -> log the action) and :meth:`end`.
 
 Everything else is here, once: model calls with their ``model_call`` events
-and deterministic sampling seeds (:meth:`call_llm`), the synchronous
+and deterministic sampling seeds (:meth:`call_llm`; a provider failure ends
+the episode with reason ``error``, a call the run's budget refuses with
+reason ``budget``), the synchronous
 ``step()`` for Mesa tools such as ``mesa.batch_run``, ``await arun()`` for
 event loops, :meth:`result` and :meth:`dispose`.
 

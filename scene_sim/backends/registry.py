@@ -23,7 +23,7 @@ from scene_sim.backends._managed import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S,
 from scene_sim.backends.base import Backend
 from scene_sim.budget import Budget
 from scene_sim.errors import SceneSimError, suggest
-from scene_sim.modelspec import ModelSpec
+from scene_sim.modelspec import PROVIDER_ALIASES, ModelSpec
 
 __all__ = ["BACKENDS", "MANAGED_OPTIONS", "backend_class", "create_backend"]
 
@@ -74,7 +74,8 @@ def backend_class(provider: str) -> type[Backend]:
     target = BACKENDS.get(provider)
     if target is None:
         raise SceneSimError(
-            f"unknown model provider '{provider}'{suggest(provider, BACKENDS)}; valid providers: {', '.join(BACKENDS)}"
+            f"unknown model provider '{provider}'{suggest(provider, BACKENDS, aliases=PROVIDER_ALIASES)}; "
+            f"valid providers: {', '.join(BACKENDS)}"
         )
     module_name, _, class_name = target.partition(":")
     try:

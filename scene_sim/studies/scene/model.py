@@ -20,7 +20,8 @@ Runtime rules (seed sections 4.3, A.6, B.5):
   prompts answered by subject no-ops (``subject_silent``), by the
   orchestrator's post-sanction rule (``post_sanction``, when
   ``min_post_sanction_turns`` is set), when a persona states the hidden norm
-  (``fidelity_fail``) or on a backend failure (``error``).
+  (``fidelity_fail``), on a backend failure (``error``) or when the run's
+  budget refuses a model call (``budget``; a resumed sweep plays it again).
 
 ``await model.arun()`` runs an episode; ``model.step()`` runs one tick
 synchronously (for Mesa tools such as ``mesa.batch_run``).
