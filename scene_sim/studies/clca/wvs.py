@@ -470,6 +470,8 @@ class WVSConfig:
     cache: str = "read-write"
     quiet: bool = False
     plots: bool = True
+    #: A subset of the 44 question ids (smoke runs); empty = all 44, the contract's evaluation.
+    questions: tuple[str, ...] = ()
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
@@ -482,6 +484,7 @@ class WVSConfig:
             "prompting": self.prompting,
             "answer_mode": self.answer_mode,
             "max_tokens": self.max_tokens,
+            "questions": list(self.questions),
         }
 
 
@@ -547,6 +550,12 @@ def run_wvs(config: WVSConfig) -> dict[str, Any]:
     if scripted and spec.name not in SCRIPTED_POLICIES:
         scripted_answer(spec.name, Respondent("", "", {}, {}), load_questions()[0], 0)  # raises with the list
     questions = load_questions()
+    if config.questions:
+        known = {q.id: q for q in questions}
+        unknown = [qid for qid in config.questions if qid not in known]
+        if unknown:
+            raise SceneSimError(f"unknown WVS question id(s) {', '.join(unknown)}; the 44 are Q1-Q41, Q43-Q45")
+        questions = tuple(known[qid] for qid in config.questions)
     survey = load_survey(config.survey, config.country, questions)
     sampled = sample_respondents(survey, config.personas, config.seed)
     out = Path(config.out)
