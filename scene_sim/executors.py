@@ -319,6 +319,8 @@ class RayExecutor:
         concurrency: items in flight per worker.
         budget: the run's hard budget (moved into a shared actor; its spend so far carries over).
         chunk: items sent to a worker in one message at most.
+        gather_s: how long an item waits for others to share its message (fewer, larger messages
+            cost the driver less; next to an episode's seconds of model calls it is nothing).
         init: keyword arguments of ``ray.init`` when this executor starts the connection
             (default: join ``RAY_ADDRESS`` when set, else start a local cluster without a dashboard).
 
@@ -331,7 +333,8 @@ class RayExecutor:
         workers: int | None = None,
         concurrency: int = 32,
         budget: Any = None,
-        chunk: int = 8,
+        chunk: int = 16,
+        gather_s: float = 0.01,
         init: Mapping[str, Any] | None = None,
     ) -> None:
         if workers is not None and workers < 1:
@@ -342,6 +345,7 @@ class RayExecutor:
         self.workers = workers or 0
         self.concurrency = concurrency
         self.chunk = max(1, chunk)
+        self.gather_s = gather_s
         self._init = dict(init or {})
         self._local_budget = budget
         self.budget: RayBudget | None = None
@@ -420,7 +424,7 @@ class RayExecutor:
             self._flush()
         elif self._flush_handle is None:
             # gather the items that arrive together into one message
-            self._flush_handle = asyncio.get_running_loop().call_later(0.002, self._flush)
+            self._flush_handle = asyncio.get_running_loop().call_later(self.gather_s, self._flush)
         return await future
 
     def _flush(self) -> None:

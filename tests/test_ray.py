@@ -28,6 +28,7 @@ from scene_sim.studies.scene.spec import load_spec
 from scene_sim.studies.scene.sweep import plan_episodes, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 SPEC = """
 name = "ray_test"
@@ -80,12 +81,21 @@ def test_ray_sweep_refuses_what_cannot_travel(tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster():
+    # Ray's own switch for loopback-only clusters (else it binds the machine's address); read at import
+    before = os.environ.get(LOOPBACK)
+    os.environ[LOOPBACK] = "0"
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        yield ray.get_runtime_context().gcs_address
+        address = ray.get_runtime_context().gcs_address
+        assert address.startswith("127.0.0.1:")
+        yield address
     finally:
         ray.shutdown()
+        if before is None:
+            os.environ.pop(LOOPBACK, None)
+        else:
+            os.environ[LOOPBACK] = before
 
 
 def _spec(tmp_path: Path, reps: int) -> Path:
@@ -186,10 +196,12 @@ def test_killed_ray_driver_resumes_to_every_episode_once(tmp_path, cluster, bank
 
     res = subprocess.run([*cmd, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-2000:]
-    done = re.search(r"(\d+)/(\d+) episodes done \((\d+) simulated now", " ".join(res.stderr.split()))
+    done = re.search(r"(\d+)/(\d+) episodes done \((\d+) simulated now, (\d+) judged", " ".join(res.stderr.split()))
     assert done is not None, res.stderr[-2000:]
-    # the resumed run played exactly the episodes the killed one had not written
-    assert int(done[1]) == int(done[2]) == len(planned) and int(done[3]) == len(planned) - kept
+    already, planned_now, simulated, judged = int(done[1]) - int(done[3]), int(done[2]), int(done[3]), int(done[4])
+    # the resumed run played exactly the episodes the killed one had not written, and judged
+    # those plus any written in the instant between an episode's log and its labels
+    assert planned_now == len(planned) and simulated == len(planned) - kept and already + judged == len(planned)
     _check_once(out, planned)
     assert _csv(out) == _csv(local)
     sessions = json.loads((out / "run.json").read_text())["sessions"]

@@ -29,13 +29,14 @@ from typing import Any
 
 from rich.console import Console
 
+from scene_sim._json import dumps_lines
 from scene_sim._version import __version__
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
 from scene_sim.events import iter_event_dicts
 from scene_sim.executors import EXECUTORS
 from scene_sim.jobs import JobsSummary, run_jobs
-from scene_sim.rundir import RunDir, package_versions
+from scene_sim.rundir import RunDir, _labels_json, atomic_write_bytes, atomic_write_text, package_versions
 from scene_sim.studies.scene._catalog import scenario_source
 from scene_sim.studies.scene.model import SceneModel, episode_id_for
 from scene_sim.studies.scene.scenario import Scenario, ScenarioBank
@@ -80,11 +81,27 @@ class EpisodeOutcome:
     """What a worker's part of one item gives the driver to store."""
 
     episode_id: str
-    events: list[dict[str, Any]]
+    events: list[dict[str, Any]] | None
     #: the episode's end reason when it was simulated now (None: judged only)
     end_reason: str | None
     labels: dict[str, Any] | None
     judge_error: str | None = None
+    #: the event log and labels as their files' bytes (from a worker: bytes travel at copy speed,
+    #: and the encoding is done on the workers, not on the one driver)
+    log: bytes | None = None
+    labels_text: str | None = None
+
+    def encoded(self) -> EpisodeOutcome:
+        """The same outcome with its files encoded, ready to write."""
+        return EpisodeOutcome(
+            self.episode_id,
+            None,
+            self.end_reason,
+            None,
+            self.judge_error,
+            log=dumps_lines(self.events or []) if self.end_reason is not None else None,
+            labels_text=_labels_json(self.labels) if self.labels is not None else None,
+        )
 
 
 @dataclass
@@ -285,7 +302,10 @@ async def run_sweep(
             # the driver's part, whichever the executor: only this process writes the run directory
             eid = task.episode.episode_id
             if outcome.end_reason is not None:
-                await run_dir.awrite_episode(eid, outcome.events)
+                if outcome.log is not None:
+                    await asyncio.to_thread(atomic_write_bytes, run_dir.episode_path(eid), outcome.log)
+                else:
+                    await run_dir.awrite_episode(eid, outcome.events or [])
                 summary.simulated += 1
                 summary.end_reasons[outcome.end_reason] = summary.end_reasons.get(outcome.end_reason, 0) + 1
                 if outcome.end_reason == "error":
@@ -295,6 +315,9 @@ async def run_sweep(
             if outcome.judge_error is not None:
                 summary.judge_failures += 1
                 console.print(f"[yellow]judge failed on {eid}: {outcome.judge_error}[/]")
+            elif outcome.labels_text is not None:
+                await asyncio.to_thread(atomic_write_text, run_dir.label_path(eid), outcome.labels_text)
+                summary.judged += 1
             elif outcome.labels is not None:
                 await run_dir.awrite_labels(eid, outcome.labels)
                 summary.judged += 1
@@ -416,7 +439,12 @@ def make_worker(
 
     """
     bank = ScenarioBank(Scenario.model_validate(s) for s in scenarios)
-    return _episode_work(SweepSpec.model_validate(spec), bank, context, _default_labeler, None)
+    compute = _episode_work(SweepSpec.model_validate(spec), bank, context, _default_labeler, None)
+
+    async def work(task: EpisodeTask) -> EpisodeOutcome:
+        return (await compute(task)).encoded()
+
+    return work
 
 
 async def _run_on_ray(
