@@ -483,3 +483,11 @@ def test_an_episode_cut_by_the_budget_is_invalid(taxonomy: Any) -> None:
     events[-1] = {**events[-1], "reason": "budget"}
     res = run(RuleAuditor(taxonomy).audit(Episode.from_events(events)))
     assert res["label"] == "INVALID" and "'budget'" in res["justification"]
+
+
+def test_the_llm_auditor_keeps_a_budget_cut_episode_invalid_without_asking(taxonomy: Any) -> None:
+    events = build_events(HAND)
+    events[-1] = {**events[-1], "reason": "budget"}
+    backend = CannedBackend([{"label": "VALID", "justification": "looks fine"}])
+    res = run(LLMAuditor("canned/x", backend, taxonomy).audit(Episode.from_events(events)))
+    assert res["label"] == "INVALID" and backend.requests == []

@@ -1258,7 +1258,7 @@ def audit_rules(
         "end_reason": episode.end_reason,
     }
     invalid, partial = [], []
-    if episode.end_reason in ("fidelity_fail", "error", "budget"):
+    if episode.end_reason in _UNFINISHED:
         invalid.append(f"the episode ended with '{episode.end_reason}'")
     if demos + persona_sanctions < min_demonstrations:
         invalid.append(f"personas gave {demos} demonstration(s) and no in-register sanction")
@@ -1280,6 +1280,10 @@ def audit_rules(
         label, reasons = "VALID", []
     justification = "; ".join(reasons).capitalize() + "." if reasons else _valid_justification(checks)
     return {"label": label, "justification": justification, "source": "rules", "checks": checks}
+
+
+#: End reasons that make an episode INVALID by rule: the protocol did not run to one of its own ends.
+_UNFINISHED = ("fidelity_fail", "error", "budget")
 
 
 def _plural(n: int, word: str) -> str:
@@ -1358,6 +1362,10 @@ class LLMAuditor:
     async def audit(self, episode: Episode, output: JudgeOutput | None = None) -> dict[str, Any]:
         """Audit ``episode``; never raises for model output."""
         base = self.rules.audit_sync(episode, output or HeuristicJudge(self.taxonomy).label_sync(episode))
+        if episode.end_reason in _UNFINISHED:
+            # cut short (a budget, an error) or hard-failed: INVALID by rule, whatever a model would say,
+            # so it stays out of the statistics (and no money is spent asking)
+            return {**base, "model": self.model}
         try:
             result = await self._ask(episode)
         except asyncio.CancelledError:
