@@ -352,6 +352,7 @@ class RayExecutor:
         self._started_ray = False
         self._actors: list[Any] = []
         self._load: list[int] = []
+        self._dead: set[int] = set()
         self._buffer: list[tuple[Any, asyncio.Future[Any]]] = []
         self._flush_handle: asyncio.TimerHandle | asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -362,6 +363,8 @@ class RayExecutor:
             kwargs = dict(self._init)
             if not os.environ.get("RAY_ADDRESS"):
                 kwargs.setdefault("include_dashboard", False)
+                if self.workers > (os.cpu_count() or 1):
+                    kwargs.setdefault("num_cpus", self.workers)  # else the extra workers would wait for CPUs
             kwargs.setdefault("log_to_driver", True)
             ray.init(**kwargs)  # joins RAY_ADDRESS when set; in the main thread, where Ray wants it
             self._started_ray = True
@@ -433,7 +436,8 @@ class RayExecutor:
             self._flush_handle = None
         while self._buffer:
             batch, self._buffer = self._buffer[: self.chunk], self._buffer[self.chunk :]
-            index = min(range(len(self._actors)), key=self._load.__getitem__)  # the least loaded worker
+            alive = [i for i in range(len(self._actors)) if i not in self._dead] or list(range(len(self._actors)))
+            index = min(alive, key=self._load.__getitem__)  # the least loaded worker that still answers
             self._load[index] += len(batch)
             task = asyncio.ensure_future(self._send(index, batch))
             self._tasks.add(task)
@@ -446,9 +450,10 @@ class RayExecutor:
             for _, future in batch:
                 future.cancel()
             raise
-        except Exception as exc:  # the worker died: its items fail, the run goes on
+        except Exception as exc:  # the worker died: its items fail, the run goes on without it
             line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
             answers = [(False, f"worker {index} failed: {line}")] * len(batch)
+            self._dead.add(index)
         finally:
             self._load[index] -= len(batch)
         for (_, future), (ok, value) in zip(batch, answers, strict=True):
