@@ -104,13 +104,17 @@ class RunDir:
 
     Args:
         path: the folder (created on first write).
+        labels: the labels folder's name inside ``path`` (default ``labels``;
+            a re-labelling by another judge lives beside it, e.g. ``labels-<judge>``).
 
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, labels: str = "labels") -> None:
+        if not labels or "/" in labels or "\\" in labels or labels in (".", "..", "episodes"):
+            raise SceneSimError(f"labels folder name {labels!r}: must be a plain folder name other than 'episodes'")
         self.path = Path(path)
         self.episodes_dir = self.path / "episodes"
-        self.labels_dir = self.path / "labels"
+        self.labels_dir = self.path / labels
 
     # -- run.json ------------------------------------------------------------
     @property
@@ -171,15 +175,11 @@ class RunDir:
 
     def episode_ids(self) -> list[str]:
         """Ids of the episodes on disk, sorted (temporary files ignored)."""
-        if not self.episodes_dir.is_dir():
-            return []
-        return sorted(p.stem for p in self.episodes_dir.glob("*.jsonl") if not p.name.startswith(_TMP_PREFIX))
+        return _stems(self.episodes_dir, ".jsonl")
 
     def labelled_ids(self) -> list[str]:
         """Ids of the episodes that have labels."""
-        if not self.labels_dir.is_dir():
-            return []
-        return sorted(p.stem for p in self.labels_dir.glob("*.json") if not p.name.startswith(_TMP_PREFIX))
+        return _stems(self.labels_dir, ".json")
 
     def read_labels(self, episode_id: str) -> dict[str, Any]:
         """The labels of one episode."""
@@ -207,6 +207,17 @@ class RunDir:
                     p.unlink(missing_ok=True)
                     n += 1
         return n
+
+
+def _stems(folder: Path, suffix: str) -> list[str]:
+    """Sorted stems of the files ``*<suffix>`` in ``folder`` (as glob: no dot files, so no temporaries); one scandir."""
+    try:
+        with os.scandir(folder) as it:
+            names = [e.name for e in it if e.name.endswith(suffix) and not e.name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    cut = len(suffix)
+    return sorted(name[:-cut] for name in names if len(name) > cut)
 
 
 def ensure_writable_dir(path: str | Path, what: str = "--out") -> Path:

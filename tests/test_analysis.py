@@ -297,3 +297,124 @@ def test_repair_window_in_rows(tmp_path: Path) -> None:
     assert result.rows["plus3"]["repairs"] == 1 == result.rows["plus4"]["repairs"]
     wider = asyncio.run(analyze_run(rd, plots=False, repair_window=4))
     assert wider.rows["plus4"]["repaired"] == 1
+
+
+# -- the stored summaries: analysis from the labels files alone equals the reference path ---------------------
+
+
+def test_stored_summaries_equal_the_event_log_path(tmp_path: Path) -> None:
+    rd = offline_run(tmp_path / "run", seeds=4)
+    asyncio.run(analyze_run(rd, plots=False))  # labels every episode, storing its summary
+    assert all(rd.read_labels(eid).get("summary", {}).get("v") == 1 for eid in rd.episode_ids())
+    fast = asyncio.run(analyze_run(rd, plots=False, workers=1))
+    csv_fast = (rd.path / "episodes.csv").read_text(encoding="utf-8")
+    slow = asyncio.run(analyze_run(rd, plots=False, workers=1, stored_summaries=False))
+    assert fast.summaries == slow.summaries
+    assert fast.metrics == slow.metrics and fast.rows == slow.rows
+    assert (rd.path / "episodes.csv").read_text(encoding="utf-8") == csv_fast
+    assert any(s.breaches for s in fast.summaries) and any(s.sanctions for s in fast.summaries)
+
+
+def test_fast_path_reads_no_event_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scene_sim.studies.scene.analysis as analysis
+
+    rd = offline_run(tmp_path / "run", seeds=2)
+    first = asyncio.run(analyze_run(rd, plots=False))
+
+    def no_logs(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the event log was read although the labels carry the summary")
+
+    monkeypatch.setattr(analysis, "load_episode", no_logs)
+    again = asyncio.run(analyze_run(rd, plots=False, workers=1))
+    assert again.summaries == first.summaries
+
+
+def test_a_hand_edited_labels_file_falls_back_to_the_event_log(tmp_path: Path) -> None:
+    rd = offline_run(tmp_path / "run", seeds=2)
+    asyncio.run(analyze_run(rd, plots=False))
+    eid = next(e for e in rd.episode_ids() if any(x["label"] == "BREACH" for x in rd.read_labels(e)["turn_labels"]))
+    doc = rd.read_labels(eid)
+    for item in doc["turn_labels"]:
+        if item["label"] == "BREACH":
+            item["label"] = "NONE"  # the summary stored beside it no longer matches
+    rd.write_labels(eid, doc)
+    edited = asyncio.run(analyze_run(rd, plots=False, workers=1))
+    reference = asyncio.run(analyze_run(rd, plots=False, workers=1, stored_summaries=False))
+    assert edited.rows[eid] == reference.rows[eid] and edited.rows[eid]["breaches"] == 0
+
+
+def test_analyze_of_an_empty_folder_fails_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["analyze", str(empty)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no episodes" in err[0]
+    assert list(empty.iterdir()) == []
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert main(["analyze", str(a_file)]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+# -- re-judging and the classifier ------------------------------------------------------------------------------
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_analyze_judge_relabels_into_a_new_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rd = offline_run(tmp_path / "run", seeds=1)
+    asyncio.run(analyze_run(rd, plots=False))
+    before = _tree(rd.path)
+    assert main(["analyze", str(rd.path), "--judge", "fake/judge", "--classifier", "--cache", "off"]) == 0
+    assert "labels-fake-judge-classifier" in capsys.readouterr().out
+    new = RunDir(rd.path, labels="labels-fake-judge-classifier")
+    assert new.labelled_ids() == rd.episode_ids()
+    assert all(new.read_labels(eid)["judge"]["source"] == "classifier" for eid in new.labelled_ids())
+    analysis = new.labels_dir / "analysis"
+    assert {"episodes.csv", "metrics.json", "report.md", "report.html"} <= {p.name for p in analysis.iterdir()}
+    _, rows = read_csv(analysis / "episodes.csv")
+    assert [r["episode_id"] for r in rows] == rd.episode_ids() and {r["judge"] for r in rows} == {"fake/judge"}
+    # the old labelling and the run's own analysis are untouched
+    after = _tree(rd.path)
+    assert {k: v for k, v in after.items() if not k.startswith("labels-")} == before
+    # running it again resumes the new folder: nothing is judged again
+    stamps = {p.name: p.stat().st_mtime_ns for p in new.labels_dir.glob("*.json")}
+    assert main(["analyze", str(rd.path), "--judge", "fake/judge", "--classifier", "--cache", "off"]) == 0
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in new.labels_dir.glob("*.json")}
+    # the run's own judge completes labels/ in place, as before
+    assert main(["analyze", str(rd.path), "--judge", "scripted"]) == 0
+    assert not (rd.path / "labels-scripted").exists()
+
+
+def test_classifier_reaches_the_judge_from_run_and_needs_an_llm_judge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sid = next(iter(scenario_source(None))).id
+    out = tmp_path / "run"
+    args = ["run", "--scenario", sid, "--subject", "scripted/learner", "--quiet", "--cache", "off"]
+    assert main([*args, "--judge", "fake/judge", "--classifier", "--out", str(out)]) == 0
+    rd = RunDir(out)
+    assert [rd.read_labels(e)["judge"]["source"] for e in rd.labelled_ids()] == ["classifier"]
+    capsys.readouterr()
+    assert main([*args, "--classifier", "--out", str(tmp_path / "other")]) == 2
+    assert "--classifier needs an LLM judge" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+def test_sweep_spec_classifier_key(tmp_path: Path) -> None:
+    from scene_sim.studies.scene.spec import load_spec
+
+    base = 'subjects = ["scripted/learner"]\njudge = "fake/judge"\n'
+    (tmp_path / "a.toml").write_text(base)
+    (tmp_path / "b.toml").write_text(base + "classifier = true\n")
+    (tmp_path / "c.toml").write_text('subjects = ["scripted/learner"]\nclassifier = true\n')
+    a, b = load_spec(tmp_path / "a.toml"), load_spec(tmp_path / "b.toml")
+    assert not a.classifier and b.classifier and a.fingerprint() != b.fingerprint()
+    with pytest.raises(SceneSimError, match="classifier: needs an LLM judge"):
+        load_spec(tmp_path / "c.toml")

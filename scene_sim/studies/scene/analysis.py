@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import io
 import json
 import os
@@ -26,7 +27,7 @@ from typing import Any
 from scene_sim.errors import SceneSimError
 from scene_sim.modelspec import ModelSpec
 from scene_sim.rundir import RunDir, atomic_write_text
-from scene_sim.studies.scene.collect import EpisodeSummary, summarize
+from scene_sim.studies.scene.collect import EpisodeSummary, summarize, summary_from_record, summary_record
 from scene_sim.studies.scene.judge import (
     AUDIT_LABELS,
     Episode,
@@ -54,6 +55,7 @@ __all__ = [
     "judge_agreement",
     "judge_episode",
     "label_episode",
+    "labelling_for",
     "write_outputs",
 ]
 
@@ -205,6 +207,10 @@ async def label_episode(
     doc["fidelity"] = {"label": label, "justification": str(audit.get("justification", ""))}
     doc["audit"] = {k: v for k, v in audit.items() if k not in ("label", "justification")}
     doc["episode_id"] = episode.episode_id
+    try:  # the stream summary, so that analysing the run later needs no event log
+        doc["summary"] = summary_record(summarize(episode, labels_from_dicts(doc["turn_labels"])), doc["turn_labels"])
+    except Exception:  # the slow path (event log) still works without it
+        doc.pop("summary", None)
     return doc
 
 
@@ -248,26 +254,52 @@ async def judge_episode(
     return await label_episode(episode, j, a, taxonomy=taxonomy)
 
 
-def _summary_from_doc(episode: Episode, doc: Mapping[str, Any]) -> EpisodeSummary:
-    labels = labels_from_dicts(doc.get("turn_labels"))
+def _doc_fields(doc: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any] | None, dict[str, Any]]:
+    """What a labels document says beside the turn labels: validity, episode metrics, judge provenance.
+
+    ``validity`` and the metrics are None where the document lacks a usable one
+    (they are then derived from the episode).
+    """
     metrics = doc.get("episode_metrics")
-    if not isinstance(metrics, Mapping):
-        metrics = compute_episode_metrics(episode, labels)
     fidelity = doc.get("fidelity")
     validity = fidelity.get("label") if isinstance(fidelity, Mapping) else None
-    if validity not in AUDIT_LABELS:
+    judge = doc.get("judge") if isinstance(doc.get("judge"), Mapping) else {}
+    provenance = {
+        "judge": str(judge.get("model", "")),
+        "judge_source": str(judge.get("source", "")),
+        "judge_failure": bool(judge.get("judge_failure", False)),
+    }
+    return (
+        validity if validity in AUDIT_LABELS else None,
+        metrics if isinstance(metrics, Mapping) else None,
+        provenance,
+    )
+
+
+def _summary_from_stored(doc: Mapping[str, Any]) -> EpisodeSummary | None:
+    """The summary from the labels document alone (its ``summary`` record), or None when it cannot be trusted."""
+    validity, metrics, provenance = _doc_fields(doc)
+    if validity is None or metrics is None:
+        return None
+    return summary_from_record(
+        doc.get("summary"),
+        doc.get("turn_labels"),
+        validity=validity,
+        shape_match_metric=bool(metrics.get("sanction_shape_match", False)),
+        **provenance,
+    )
+
+
+def _summary_from_doc(episode: Episode, doc: Mapping[str, Any]) -> EpisodeSummary:
+    """The summary from the event log and the labels document (the reference path)."""
+    labels = labels_from_dicts(doc.get("turn_labels"))
+    validity, metrics, provenance = _doc_fields(doc)
+    if metrics is None:
+        metrics = compute_episode_metrics(episode, labels)
+    if validity is None:
         out = JudgeOutput(labels, metrics, model="stored", source="stored")
         validity = audit_rules(episode, out)["label"]
-    judge = doc.get("judge") if isinstance(doc.get("judge"), Mapping) else {}
-    return summarize(
-        episode,
-        labels,
-        validity=str(validity),
-        episode_metrics=metrics,
-        judge=str(judge.get("model", "")),
-        judge_source=str(judge.get("source", "")),
-        judge_failure=bool(judge.get("judge_failure", False)),
-    )
+    return summarize(episode, labels, validity=str(validity), episode_metrics=metrics, **provenance)
 
 
 def _agreement_pairs(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -367,20 +399,41 @@ class _Collected:
         self.unreadable_labels += other.unreadable_labels
 
 
-def _summarise_labelled(root: str, ids: Sequence[str]) -> _Collected:
-    """Summaries of labelled episodes: read each event log and labels file once (runs in worker processes too)."""
-    rd = RunDir(root)
+def _read_doc(path: Path) -> dict[str, Any]:
+    import orjson
+
+    doc = orjson.loads(path.read_bytes())
+    if not isinstance(doc, dict):
+        raise SceneSimError(f"{path}: not a JSON object")
+    return doc
+
+
+def _summarise_labelled(root: str, ids: Sequence[str], *, stored: bool = True, labels: str = "labels") -> _Collected:
+    """Summaries of labelled episodes (runs in worker processes too).
+
+    Each labels file is read once; its stored ``summary`` record is used when
+    it matches the labels (``stored``), else the event log is read as well.
+    """
+    rd = RunDir(root, labels=labels)
     out = _Collected()
     for eid in ids:
+        try:
+            doc = _read_doc(rd.label_path(eid))
+        except (SceneSimError, OSError, ValueError):
+            out.unreadable_labels.append(eid)
+            continue
+        summary = _summary_from_stored(doc) if stored else None
+        if summary is not None and summary.episode_id == eid:
+            out.summaries[eid] = summary
+            pairs = _agreement_pairs(doc)
+            if pairs:
+                out.pairs += pairs
+                out.agreement_episodes += 1
+            continue
         try:
             episode = load_episode(rd.episode_path(eid), episode_id=eid)
         except (SceneSimError, OSError) as exc:
             out.skipped[eid] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            continue
-        try:
-            doc = rd.read_labels(eid)
-        except (SceneSimError, OSError):
-            out.unreadable_labels.append(eid)
             continue
         out.add(eid, episode, doc)
     return out
@@ -390,7 +443,9 @@ def _summarise_labelled(root: str, ids: Sequence[str]) -> _Collected:
 PARALLEL_MIN_EPISODES = 4000
 
 
-async def _summarise_all(root: Path, ids: Sequence[str], workers: int | None) -> _Collected:
+async def _summarise_all(
+    root: Path, ids: Sequence[str], workers: int | None, *, stored: bool = True, labels: str = "labels"
+) -> _Collected:
     """Summarise labelled episodes, in forked worker processes for large runs.
 
     Workers are forked only while this process has a single thread (forking a
@@ -408,8 +463,9 @@ async def _summarise_all(root: Path, ids: Sequence[str], workers: int | None) ->
         and "fork" in multiprocessing.get_all_start_methods()
         and threading.active_count() == 1
     )
+    work = functools.partial(_summarise_labelled, stored=stored, labels=labels)
     if not parallel:
-        return _summarise_labelled(str(root), ids)
+        return work(str(root), ids)
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
@@ -419,13 +475,70 @@ async def _summarise_all(root: Path, ids: Sequence[str], workers: int | None) ->
     out = _Collected()
     try:
         with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = [loop.run_in_executor(pool, _summarise_labelled, str(root), c) for c in chunks]
+            futures = [loop.run_in_executor(pool, work, str(root), c) for c in chunks]
             parts = await asyncio.gather(*futures)
     except (BrokenProcessPool, OSError):
-        return _summarise_labelled(str(root), ids)
+        return work(str(root), ids)
     for part in parts:
         out.merge(part)
     return out
+
+
+#: Where the analysis of a re-labelling goes, inside its labels folder.
+RELABEL_ANALYSIS_DIR = "analysis"
+
+
+def judge_slug(judge: str, classifier: bool = False) -> str:
+    """A folder-name form of a judge model string (and the classifier flag), e.g. ``openai-gpt-4o``."""
+    import hashlib
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", judge).strip("-.") or "judge"
+    if len(slug) > 60:  # long option strings (base URLs): keep it readable and unique
+        slug = slug[:50].rstrip("-.") + "-" + hashlib.sha256(judge.encode()).hexdigest()[:8]
+    return slug + ("-classifier" if classifier else "")
+
+
+def _existing_labelling(run_dir: RunDir) -> tuple[str, bool] | None:
+    """``(judge model, classifier)`` of the labels in ``labels/`` (read from one file), or None when there are none."""
+    for eid in run_dir.labelled_ids():
+        try:
+            judge = run_dir.read_labels(eid).get("judge")
+        except (SceneSimError, OSError):
+            continue
+        if isinstance(judge, Mapping):
+            return str(judge.get("model", "")), judge.get("source") == "classifier"
+        return "", False
+    return None
+
+
+def labelling_for(run_dir: RunDir, judge: str | None, classifier: bool = False) -> tuple[RunDir, Path]:
+    """Which labels folder a judge writes to, and where its analysis goes.
+
+    Without ``judge`` and ``classifier``, or when ``labels/`` is empty or was
+    made by the same judge (the model string in its files, and the classifier
+    flag), the labels go to ``labels/`` and the analysis to the run directory,
+    as the contract has it. Otherwise the run is re-labelled into a NEW folder
+    ``labels-<judge-slug>/`` (``-classifier`` appended with the classifier),
+    leaving ``labels/`` and the run's own analysis untouched; that labelling's
+    ``episodes.csv``, ``metrics.json``, report and plots go to
+    ``labels-<judge-slug>/analysis/``. Running it again resumes that folder.
+
+    Returns:
+        ``(run_dir, out_dir)``: a :class:`RunDir` whose ``labels_dir`` is the
+        folder to use, and the folder for the outputs.
+
+    """
+    if judge is None and not classifier:
+        return run_dir, run_dir.path
+    existing = _existing_labelling(run_dir)
+    if existing is None:
+        return run_dir, run_dir.path
+    model = judge or existing[0]
+    if (model, classifier) == existing:
+        return run_dir, run_dir.path
+    other = RunDir(run_dir.path, labels=f"labels-{judge_slug(model, classifier)}")
+    return other, other.labels_dir / RELABEL_ANALYSIS_DIR
 
 
 async def analyze_run(
@@ -443,6 +556,8 @@ async def analyze_run(
     taxonomy: Taxonomy | None = None,
     plots: bool = True,
     workers: int | None = None,
+    stored_summaries: bool = True,
+    out_dir: str | Path | None = None,
 ) -> AnalysisResult:
     """Label what is unlabelled, then write episodes.csv, metrics.json and the report.
 
@@ -463,6 +578,11 @@ async def analyze_run(
         plots: draw the PNG plots (and embed them in the HTML).
         workers: processes that read labelled episodes (None: up to 8, by CPU
             count; used from :data:`PARALLEL_MIN_EPISODES` labelled episodes on).
+        stored_summaries: use the stream summary stored in each labels file
+            when it matches the labels (False: re-read every event log; the
+            results are the same, only slower).
+        out_dir: where episodes.csv, metrics.json, the report and plots go
+            (None: the run directory; see :func:`labelling_for`).
 
     Raises:
         SceneSimError: for a missing run directory or an unknown scripted judge.
@@ -482,7 +602,9 @@ async def analyze_run(
     ids = run_dir.episode_ids()
     labelled_ids = set(run_dir.labelled_ids())
     ready = [] if relabel else [eid for eid in ids if eid in labelled_ids]
-    collected = await _summarise_all(run_dir.path, ready, workers)
+    collected = await _summarise_all(
+        run_dir.path, ready, workers, stored=stored_summaries, labels=run_dir.labels_dir.name
+    )
     todo = [eid for eid in ids if relabel or eid not in labelled_ids] + collected.unreadable_labels
     todo_set = set(todo)
     todo = [eid for eid in ids if eid in todo_set]
@@ -558,13 +680,14 @@ async def analyze_run(
     if agreement:
         extra["judge_agreement"] = agreement
     info = ReportInfo(
-        title=f"scene-sim report: {run_dir.path.name}",
+        title=f"scene-sim report: {run_dir.path.name}"
+        + (f" ({run_dir.labels_dir.name})" if run_dir.labels_dir.name != "labels" else ""),
         audit_failures=audit_failures,
         skipped=[f"{k}: {v}" for k, v in skipped.items()],
         agreement=agreement,
     )
     rows, metrics, paths = write_outputs(
-        run_dir.path,
+        Path(out_dir) if out_dir is not None else run_dir.path,
         summaries,
         repair_window=repair_window,
         n_boot=n_boot,

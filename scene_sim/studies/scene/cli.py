@@ -70,6 +70,11 @@ def register(group: CommandGroup) -> None:
     )
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--quiet", action="store_true", help="do not print the transcript")
+    p.add_argument(
+        "--classifier",
+        action="store_true",
+        help="LLM judges: label with the per-category classifier of SCENE section 5.1 (one call per category)",
+    )
     add_cache_argument(p)
 
     p = group.add("demo", _demo, help="one full offline episode with the embedded model in every role")
@@ -132,11 +137,28 @@ def register(group: CommandGroup) -> None:
     p = group.add(
         "analyze", _analyze, help="label unlabelled episodes and write episodes.csv, metrics.json and the report"
     )
-    p.add_argument("run_dir")
-    p.add_argument(
-        "--judge", default=None, help="judge model string for unlabelled episodes (default: the run's judge)"
+    p.description = (
+        "Label the episodes of RUN_DIR that have no labels yet, then write episodes.csv, metrics.json, "
+        "report.md, report.html and the plots. Once labelled, no model is needed. To re-judge a labelled run with "
+        "another judge, pass --judge MODEL (and/or --classifier): the run is labelled again into a NEW folder "
+        "RUN_DIR/labels-<judge>/ (labels/ and the run's own analysis are left untouched), and that labelling's "
+        "episodes.csv, metrics.json, report and plots go to RUN_DIR/labels-<judge>/analysis/. Running the same "
+        "command again resumes it."
     )
-    p.add_argument("--repair-window", type=int, default=3)
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "--judge",
+        default=None,
+        help="judge model string: labels unlabelled episodes of a new run (default: the run's judge); on a "
+        "labelled run judged by another model, re-labels it into RUN_DIR/labels-<judge>/",
+    )
+    p.add_argument(
+        "--classifier",
+        action="store_true",
+        help="LLM judges: the per-category classifier of SCENE section 5.1; on a run labelled without it, "
+        "re-labels into RUN_DIR/labels-<judge>-classifier/",
+    )
+    p.add_argument("--repair-window", type=int_range(0, 200), default=3, help="ticks after a sanction (default 3)")
     add_cache_argument(p)
 
 
@@ -205,6 +227,7 @@ def _run(args: argparse.Namespace) -> int:
             cache_mode=args.cache,
             persona_calls=args.persona_calls,
             temperature=args.temperature,
+            classifier=_classifier_judge(args.classifier, judge),
         )
     )
     console = Console()
@@ -328,24 +351,58 @@ def _play(args: argparse.Namespace) -> int:
     return run_play(args)
 
 
+def _classifier_judge(classifier: bool, judge: str | None) -> bool:
+    """``--classifier`` checked against the judge: it needs an LLM judge."""
+    if classifier and (judge is None or str(judge).startswith("scripted")):
+        raise SceneSimError(f"--classifier needs an LLM judge (--judge MODEL), not '{judge or 'none'}'")
+    return classifier
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from scene_sim.context import RunContext
     from scene_sim.rundir import RunDir
-    from scene_sim.studies.scene.analysis import analyze_run
+    from scene_sim.studies.scene.analysis import analyze_run, labelling_for
 
     run_dir = RunDir(args.run_dir)
+    if run_dir.path.exists() and not run_dir.path.is_dir():
+        raise SceneSimError(f"{run_dir.path}: not a folder (analyze takes a run directory)")
     if not run_dir.path.is_dir():
         raise SceneSimError(f"{run_dir.path}: no such run directory")
+    if not run_dir.episode_ids():  # checked before anything is written: an empty folder stays empty
+        raise SceneSimError(
+            f"{run_dir.path}: no episodes (no {run_dir.episodes_dir.name}/*.jsonl); not a run directory"
+        )
+    target, out_dir = labelling_for(run_dir, args.judge, args.classifier)
+    if args.classifier:
+        judge = args.judge or _first_judge(run_dir)
+        _classifier_judge(True, judge)
 
     async def go() -> Any:
         context = RunContext(cache_mode=args.cache)
         try:
-            return await analyze_run(run_dir, judge=args.judge, context=context, repair_window=args.repair_window)
+            return await analyze_run(
+                target,
+                judge=args.judge,
+                context=context,
+                repair_window=args.repair_window,
+                classifier=args.classifier,
+                out_dir=out_dir,
+            )
         finally:
             await context.aclose()
 
     result = asyncio.run(go())
-    Console().print(
-        f"analysed {len(result.rows)} episodes: {run_dir.path / 'metrics.json'}, {run_dir.path / 'report.md'}"
-    )
+    where = f" (labels in {target.labels_dir})" if target.labels_dir.name != "labels" else ""
+    print(f"analysed {len(result.rows)} episodes{where}: {out_dir / 'metrics.json'}, {out_dir / 'report.md'}")
     return 0
+
+
+def _first_judge(run_dir: Any) -> str | None:
+    """The judge model of the run's first episode (``episode_start.models.judge``), for ``--classifier`` alone."""
+    from scene_sim.events import iter_event_dicts
+
+    for eid in run_dir.episode_ids()[:1]:
+        for event in iter_event_dicts(run_dir.episode_path(eid)):
+            models = event.get("models") if event.get("kind") == "episode_start" else None
+            return str(models.get("judge")) if isinstance(models, dict) and models.get("judge") else None
+    return None

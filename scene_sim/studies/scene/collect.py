@@ -9,12 +9,20 @@ episode to a compact :class:`EpisodeSummary`, the only thing the statistics
 need; :func:`streams_table` / :func:`streams_dataframe` give a tidy table
 over many episodes, and :func:`to_datacollector` loads one episode's streams
 into a Mesa ``DataCollector`` shaped like :class:`~scene_sim.studies.scene.model.SceneModel`'s.
+
+:func:`summary_record` is the summary as stored in an episode's labels file
+(the ``summary`` key) when it is judged, with a digest of the turn labels it
+was computed from; :func:`summary_from_record` reads it back, so analysing a
+run needs only the labels files, not every event log, and falls back to the
+event log whenever the record is missing, from another version, or no longer
+matches the labels (a hand-edited labels file).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from scene_sim.studies.scene.judge import Episode, labels_from_dicts, load_episode
@@ -29,16 +37,25 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STREAMS",
+    "SUMMARY_VERSION",
     "EpisodeStreams",
     "EpisodeSummary",
     "StreamEvent",
     "collect_streams",
+    "labels_digest",
     "run_streams",
     "streams_dataframe",
     "streams_table",
     "summarize",
+    "summary_from_record",
+    "summary_record",
     "to_datacollector",
 ]
+
+#: Version of the stored summary record; bump when :class:`EpisodeSummary` or its meaning changes.
+SUMMARY_VERSION = 1
+#: Summary fields that come from the labels document, not from the streams (not stored in the record).
+_DOC_FIELDS = ("validity", "judge", "judge_source", "judge_failure", "shape_match")
 
 
 def _as_labels(labels: Iterable[TurnLabel] | Iterable[Mapping[str, Any]] | Any) -> tuple[TurnLabel, ...]:
@@ -116,6 +133,13 @@ class EpisodeSummary:
         return None if self.breaches == 0 else self.sanctions > 0
 
 
+_RECORD_FIELDS = tuple(
+    f
+    for f in EpisodeSummary.__dataclass_fields__
+    if f not in _DOC_FIELDS and f not in ("sanction_marks", "repair_marks")
+)
+
+
 def summarize(
     episode: Episode,
     labels: Iterable[TurnLabel] | Iterable[Mapping[str, Any]],
@@ -178,6 +202,69 @@ def summarize(
         judge_failure=judge_failure,
         ticks=episode.ticks,
     )
+
+
+def labels_digest(items: Any) -> int:
+    """CRC-32 of what the streams read from stored turn labels (turn id, label, target), in order."""
+    import orjson
+
+    if not isinstance(items, list):
+        return 0
+    try:
+        key = orjson.dumps([(d.get("turn_id"), d.get("label"), d.get("target_turn_id")) for d in items])
+    except (AttributeError, TypeError, orjson.JSONEncodeError):  # not label objects: matches no stored record
+        return -1
+    return zlib.crc32(key)
+
+
+def summary_record(summary: EpisodeSummary, turn_labels: Any) -> dict[str, Any]:
+    """The ``summary`` object stored in a labels file: the stream summary and the digest of its labels.
+
+    Args:
+        summary: the episode's summary under ``turn_labels``.
+        turn_labels: the ``turn_labels`` list of the same labels document.
+
+    """
+    record = {k: v for k, v in asdict(summary).items() if k not in _DOC_FIELDS}
+    record["sanction_marks"] = [list(m) for m in summary.sanction_marks]
+    record["repair_marks"] = [list(m) for m in summary.repair_marks]
+    return {"v": SUMMARY_VERSION, "labels_digest": labels_digest(turn_labels), **record}
+
+
+def summary_from_record(
+    record: Any,
+    turn_labels: Any,
+    *,
+    validity: str,
+    shape_match_metric: bool,
+    judge: str = "",
+    judge_source: str = "",
+    judge_failure: bool = False,
+) -> EpisodeSummary | None:
+    """The :class:`EpisodeSummary` of a stored record, or None when the record cannot be trusted.
+
+    None when ``record`` is missing, of another :data:`SUMMARY_VERSION`,
+    malformed, or was computed from other turn labels than ``turn_labels``.
+    """
+    if not isinstance(record, Mapping) or record.get("v") != SUMMARY_VERSION:
+        return None
+    if record.get("labels_digest") != labels_digest(turn_labels):
+        return None
+    try:
+        sanctions = int(record["sanctions"])
+        fields = {k: record[k] for k in _RECORD_FIELDS}
+        fields["sanction_marks"] = tuple((int(a), int(b)) for a, b in record["sanction_marks"])
+        fields["repair_marks"] = tuple((int(a), int(b)) for a, b in record["repair_marks"])
+        return EpisodeSummary(
+            **fields,
+            validity=validity,
+            shape_match=bool(shape_match_metric) and sanctions > 0,
+            judge=judge,
+            judge_source=judge_source,
+            judge_failure=judge_failure,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def streams_table(items: Iterable[tuple[Episode, EpisodeStreams]]) -> list[dict[str, Any]]:

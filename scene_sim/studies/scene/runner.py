@@ -64,6 +64,7 @@ async def run_episode(
     on_event: Any = None,
     persona_calls: str = "each",
     temperature: float | None = None,
+    classifier: bool = False,
 ) -> RunOutcome:
     """Simulate one episode, write it to ``out`` and (optionally) judge and analyse it.
 
@@ -86,6 +87,7 @@ async def run_episode(
         on_event: callback for each event as it happens (live display).
         persona_calls: ``each`` or ``joint`` (see :class:`SceneModel`).
         temperature: sampling temperature of model-driven agents (None: provider default / greedy).
+        classifier: LLM judges: label with the per-category classifier of SCENE section 5.1.
     """
     started = time.perf_counter()
     context = RunContext(cache_mode=cache_mode)
@@ -120,6 +122,7 @@ async def run_episode(
             "cache": cache_mode,
             "persona_calls": persona_calls,
             "temperature": temperature,
+            "classifier": classifier,
         }
         result = await model.arun()
         run_dir.write_episode(result.episode_id, result.events)
@@ -127,7 +130,7 @@ async def run_episode(
         if analyze and judge is not None:
             from scene_sim.studies.scene.analysis import analyze_run
 
-            analysis = await analyze_run(run_dir, judge=judge, context=context)
+            analysis = await analyze_run(run_dir, judge=judge, context=context, classifier=classifier)
         run_dir.write_run(
             {
                 "scene_sim": __version__,

@@ -8,6 +8,7 @@ source, repetitions, turns, seeds, limits and a budget::
     personas = "scripted"
     orchestrator = "scripted"
     judge = "scripted"
+    classifier = false         # LLM judges: the per-category classifier (SCENE 5.1)
 
     [scenarios]
     source = "bank"            # "bank", a .json/.jsonl/folder path, or "generate"
@@ -145,6 +146,8 @@ class SweepSpec(_Strict):
     personas: ModelString = "scripted"
     orchestrator: ModelString = "scripted"
     judge: str | None = "scripted"
+    #: LLM judges: label with the per-category classifier of SCENE section 5.1
+    classifier: bool = False
     scenarios: ScenarioSource = ScenarioSource()
     run: RunSettings = RunSettings()
     limits: dict[str, dict[str, float | int]] = Field(default_factory=dict)
@@ -161,6 +164,12 @@ class SweepSpec(_Strict):
     @classmethod
     def _judge(cls, v: str | None) -> str | None:
         return None if v in (None, "", "none") else _model_string(v)
+
+    @model_validator(mode="after")
+    def _classifier_needs_llm_judge(self) -> SweepSpec:
+        if self.classifier and (self.judge is None or self.judge.startswith("scripted")):
+            raise ValueError(f"classifier: needs an LLM judge, not '{self.judge or 'none'}'")
+        return self
 
     @field_validator("limits")
     @classmethod
@@ -183,6 +192,8 @@ class SweepSpec(_Strict):
         data = self.model_dump(mode="json", exclude={"description", "budget", "limits"})
         data["run"].pop("concurrency", None)
         data["run"].pop("cache", None)
+        if not data.get("classifier"):  # runs started before the key existed keep their fingerprint
+            data.pop("classifier", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

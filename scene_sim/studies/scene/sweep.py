@@ -18,6 +18,7 @@ of the calls in flight would pass it (:class:`scene_sim.budget.Budget`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import time
@@ -180,10 +181,12 @@ def plan_episodes(spec: SweepSpec, bank: ScenarioBank) -> list[PlannedEpisode]:
     return out
 
 
-async def _default_labeler(events: list[dict[str, Any]], judge: str, context: RunContext) -> dict[str, Any]:
+async def _default_labeler(
+    events: list[dict[str, Any]], judge: str, context: RunContext, *, classifier: bool = False
+) -> dict[str, Any]:
     from scene_sim.studies.scene.analysis import judge_episode
 
-    return await judge_episode(events, judge=judge, context=context)
+    return await judge_episode(events, judge=judge, context=context, classifier=classifier)
 
 
 async def run_sweep(
@@ -295,7 +298,7 @@ async def run_sweep(
                 summary.already_done += 1
             else:
                 todo.append(EpisodeTask(ep, simulate=not simulated))
-        label_fn = labeler or _default_labeler
+        label_fn = labeler or functools.partial(_default_labeler, classifier=spec.classifier)
         compute = _episode_work(spec, bank, context, label_fn, run_dir)
 
         async def store(task: EpisodeTask, outcome: EpisodeOutcome) -> None:
@@ -439,7 +442,10 @@ def make_worker(
 
     """
     bank = ScenarioBank(Scenario.model_validate(s) for s in scenarios)
-    compute = _episode_work(SweepSpec.model_validate(spec), bank, context, _default_labeler, None)
+    parsed = SweepSpec.model_validate(spec)
+    compute = _episode_work(
+        parsed, bank, context, functools.partial(_default_labeler, classifier=parsed.classifier), None
+    )
 
     async def work(task: EpisodeTask) -> EpisodeOutcome:
         return (await compute(task)).encoded()
