@@ -11,7 +11,7 @@ a writer that drops one fails it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +26,7 @@ __all__ = [
     "EpisodeEnd",
     "EpisodeStart",
     "Event",
+    "EventHandler",
     "EventLog",
     "ModelCall",
     "Prompt",
@@ -161,6 +162,22 @@ def read_events(path: str | Path) -> list[Any]:
     return [parse_event(d) for d in iter_event_dicts(path)]
 
 
+class EventHandler:
+    """Base of an ``on_event`` callback that renders or reduces events, one method per kind.
+
+    ``handler(event)`` calls ``on_<kind>(event)`` (``on_episode_start``,
+    ``on_turn_start``, ``on_action``, ``on_episode_end``, ...) when the
+    subclass defines it and ignores the other kinds, so every reader of an
+    event log dispatches the same way.
+    """
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        """Dispatch ``event`` to ``on_<kind>``."""
+        method = getattr(self, f"on_{event.get('kind')}", None)
+        if method is not None:
+            method(event)
+
+
 class EventLog:
     """Collects the events of one episode in order.
 
@@ -182,19 +199,9 @@ class EventLog:
             self._on_event(event)
         return event
 
-    def of_kind(self, kind: str) -> list[dict[str, Any]]:
-        """Events of one kind, in order."""
-        return [e for e in self.events if e["kind"] == kind]
-
     def to_jsonl(self) -> str:
         """The log as JSON lines."""
         return "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.events)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.events)
-
-    def extend(self, events: Iterable[dict[str, Any]]) -> None:
-        """Append already-formed events (re-numbering ``seq``)."""
-        for e in events:
-            fields = {k: v for k, v in e.items() if k not in ("seq", "turn", "kind")}
-            self.emit(e["kind"], e["turn"], **fields)

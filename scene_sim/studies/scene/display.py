@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from scene_sim.events import EventHandler
+
 __all__ = ["LABEL_STYLES", "LiveTranscript", "print_summary", "print_transcript"]
 
 _PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_red")
@@ -20,7 +22,7 @@ LABEL_STYLES = {
 }
 
 
-class LiveTranscript:
+class LiveTranscript(EventHandler):
     """Prints an episode's chat event by event (pass it as ``on_event``).
 
     Args:
@@ -39,20 +41,24 @@ class LiveTranscript:
         self.subject = ""
         self._colours: dict[str, str] = {}
 
-    def __call__(self, e: dict[str, Any]) -> None:
-        """Print what ``e`` adds to the chat (ticks, actions, the end)."""
-        kind = e["kind"]
-        if kind == "episode_start":
-            self.subject = e.get("subject", "")
-        elif kind == "turn_start":
-            self.console.rule(f"tick {e['turn']}", style="grey50")
-        elif kind == "action":
-            line = self._line(e)
-            if line is not None:
-                self.console.print(line)
-        elif kind == "episode_end":
-            extra = f": {e['error']}" if e.get("error") else ""
-            self.console.print(Text(f"episode ended: {e['reason']}{extra}", style="bold"))
+    def on_episode_start(self, e: dict[str, Any]) -> None:
+        """Note who the subject is."""
+        self.subject = e.get("subject", "")
+
+    def on_turn_start(self, e: dict[str, Any]) -> None:
+        """A rule line per tick."""
+        self.console.rule(f"tick {e['turn']}", style="grey50")
+
+    def on_action(self, e: dict[str, Any]) -> None:
+        """The action as a chat line."""
+        line = self._line(e)
+        if line is not None:
+            self.console.print(line)
+
+    def on_episode_end(self, e: dict[str, Any]) -> None:
+        """How the episode ended."""
+        extra = f": {e['error']}" if e.get("error") else ""
+        self.console.print(Text(f"episode ended: {e['reason']}{extra}", style="bold"))
 
     def _line(self, e: dict[str, Any]) -> Text | None:
         actor = e["actor"]

@@ -50,6 +50,7 @@ from rich.console import Console
 from rich.text import Text
 
 from scene_sim.actions import MAX_MESSAGE_CHARS, Action, Message, NoOp, React
+from scene_sim.events import EventHandler
 from scene_sim.studies.scene.agents import Decision, Subject, SubjectView
 from scene_sim.world import ChatTurn
 
@@ -273,7 +274,7 @@ def _parse_react(args: list[str], turns: Sequence[ChatTurn], reactions: bool) ->
 
 
 # -- the live chat, as the player sees it -------------------------------------------------------------
-class PlayerChat:
+class PlayerChat(EventHandler):
     """Prints the chat live for the player (pass it as ``on_event``).
 
     Only subject-visible facts are printed: the briefing, messages,
@@ -297,20 +298,24 @@ class PlayerChat:
         self.subject = subject
         self.me = subject.name
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        """Render one episode event (the ``on_event`` callback)."""
-        kind = event.get("kind")
-        if kind == "episode_start":
-            self._briefing()
-        elif kind == "turn_start":
-            self.console.rule(f"round {event.get('turn')}", style="grey50")
-        elif kind == "action":
-            self._action(event)
-        elif kind == "episode_end":
-            if event.get("error") == QUIT_ERROR:
-                self.console.print(Text("you left the chat; the episode is over.", style="bold"))
-            else:
-                self.console.print(Text(f"the episode is over: {end_words(event.get('reason'))}.", style="bold"))
+    def on_episode_start(self, event: dict[str, Any]) -> None:
+        """The player's briefing."""
+        self._briefing()
+
+    def on_turn_start(self, event: dict[str, Any]) -> None:
+        """A rule line per round."""
+        self.console.rule(f"round {event.get('turn')}", style="grey50")
+
+    def on_action(self, event: dict[str, Any]) -> None:
+        """What the player may see of an action."""
+        self._action(event)
+
+    def on_episode_end(self, event: dict[str, Any]) -> None:
+        """How the episode ended, in words."""
+        if event.get("error") == QUIT_ERROR:
+            self.console.print(Text("you left the chat; the episode is over.", style="bold"))
+        else:
+            self.console.print(Text(f"the episode is over: {end_words(event.get('reason'))}.", style="bold"))
 
     def _name(self, actor: str) -> Text:
         if actor == self.me:
