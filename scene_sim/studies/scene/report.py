@@ -10,19 +10,16 @@ be mailed or archived as one file.
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import io
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scene_sim.rundir import atomic_write_text
+from scene_sim.rundir import atomic_write_bytes, atomic_write_text
 
-__all__ = ["PLOTS", "ReportInfo", "make_plots", "render_html", "render_markdown", "write_report"]
+__all__ = ["PLOTS", "ReportInfo", "build_figures", "make_plots", "render_html", "render_markdown", "write_report"]
 
 #: Plot file name -> title.
 PLOTS = {
@@ -258,8 +255,23 @@ def _err(
     return ys, [lo, hi]
 
 
-def make_plots(metrics: Mapping[str, Any], info: ReportInfo | None = None) -> dict[str, bytes]:
-    """Render the four plots; returns file name -> PNG bytes."""
+def _bars(ax: Any, xs: Sequence[float], ys: Sequence[float], err: list[list[float]], **kw: Any) -> None:
+    """Bars for the defined values only: an undefined rate (n = 0) draws no bar, not a bar of height 0."""
+    keep = [i for i, y in enumerate(ys) if y == y]  # NaN marks an undefined value
+    if keep:
+        ax.bar(
+            [xs[i] for i in keep],
+            [ys[i] for i in keep],
+            yerr=[[err[0][i] for i in keep], [err[1][i] for i in keep]],
+            capsize=2,
+            **kw,
+        )
+    elif "label" in kw:  # keep the model in the legend
+        ax.bar([], [], label=kw["label"], width=kw.get("width", 0.8))
+
+
+def build_figures(metrics: Mapping[str, Any], info: ReportInfo | None = None) -> dict[str, Any]:
+    """Draw the four plots; returns file name -> matplotlib ``Figure`` (laid out, not yet saved)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -271,13 +283,7 @@ def make_plots(metrics: Mapping[str, Any], info: ReportInfo | None = None) -> di
     info = info or ReportInfo()
     models: Mapping[str, Any] = metrics.get("models", {})
     names = list(models)
-    out: dict[str, bytes] = {}
-
-    def save(fig: Any, name: str) -> None:
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=110)
-        out[name] = buf.getvalue()
+    out: dict[str, Any] = {}
 
     height = max(2.4, 0.5 * len(names) + 1.4)
     # 1. repair rate per model
@@ -290,10 +296,10 @@ def make_plots(metrics: Mapping[str, Any], info: ReportInfo | None = None) -> di
         ax.annotate(f"n={r.get('n', 0)}", (1.0, p), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
     ax.set_yticks(pos, names)
     ax.set_xlim(0, 1)
-    ax.invert_yaxis()
+    ax.set_ylim(max(len(names), 1) - 0.5, -0.5)
     ax.set_xlabel("share of sanctioned episodes with a repair")
     ax.set_title(PLOTS["repair_rate.png"], fontsize=10)
-    save(fig, "repair_rate.png")
+    out["repair_rate.png"] = fig
 
     # 2. rho forest plot
     fig, ax = subplots((7, height))
@@ -302,7 +308,8 @@ def make_plots(metrics: Mapping[str, Any], info: ReportInfo | None = None) -> di
     cis = [r.get("ci") for r in rhos]
     for p, v, ci in zip(pos, vals, cis, strict=True):
         if v is None:
-            ax.annotate("undefined", (0, p), ha="center", va="center", fontsize=8, color="grey")
+            # on the row, right of the zero line, inside the frame (the rows are fixed below)
+            ax.annotate("undefined", (0.02, p), ha="left", va="center", fontsize=8, color="grey")
             continue
         if ci:
             ax.hlines(p, ci[0], ci[1], color="tab:purple", lw=2)
@@ -310,10 +317,11 @@ def make_plots(metrics: Mapping[str, Any], info: ReportInfo | None = None) -> di
     ax.axvline(0, color="black", lw=0.8, ls="--")
     ax.set_yticks(pos, [f"{m} (n={r.get('n', 0)})" for m, r in zip(names, rhos, strict=True)])
     ax.set_xlim(-1, 1)
-    ax.invert_yaxis()
+    # fixed rows (first model on top), not autoscaled: rows with only an "undefined" label plot no data
+    ax.set_ylim(max(len(names), 1) - 0.5, -0.5)
     ax.set_xlabel("Spearman rho\n(x: demonstrations before the first breach, y: later breach share)")
     ax.set_title(PLOTS["rho_forest.png"], fontsize=10)
-    save(fig, "rho_forest.png")
+    out["rho_forest.png"] = fig
 
     # 3. compliance per pole, pairs side by side
     pairs = _pair_list(models, info, "pairs")
@@ -322,19 +330,20 @@ def make_plots(metrics: Mapping[str, Any], info: ReportInfo | None = None) -> di
     width = 0.8 / max(1, len(names))
     for k, m in enumerate(names):
         p = models[m].get("pairs") or {}
-        vals = [(p.get(n) or {}).get("compliance") for n in poles]
+        # a pole without labelled actions (n = 0) has no compliance: no bar, not a bar at 0.0
+        vals = [(p.get(n) or {}).get("compliance") if (p.get(n) or {}).get("n") else None for n in poles]
         ys, err = _err(vals, [(p.get(n) or {}).get("ci") for n in poles])
         xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(poles))]
-        ax.bar(xs, [0 if v != v else v for v in ys], width=width, yerr=err, capsize=2, label=m)
+        _bars(ax, xs, ys, err, width=width, label=m)
     for i in range(1, len(pairs)):
         ax.axvline(2 * i - 0.5, color="grey", lw=0.6)
     ax.set_xticks(range(len(poles)), poles, rotation=40, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("compliance (share of actions not a breach)")
+    ax.set_ylabel("compliance (share of actions not a breach; no bar: no labelled action)")
     ax.set_title(PLOTS["compliance_pairs.png"], fontsize=10)
     if names:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    save(fig, "compliance_pairs.png")
+    out["compliance_pairs.png"] = fig
 
     # 4. repair by sanction type
     sanctions = sorted({s for m in names for s in (models[m].get("repair_by_sanction") or {})})
@@ -344,14 +353,26 @@ def make_plots(metrics: Mapping[str, Any], info: ReportInfo | None = None) -> di
         vals = [(rb.get(s) or {}).get("rate") for s in sanctions]
         ys, err = _err(vals, [(rb.get(s) or {}).get("ci") for s in sanctions])
         xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(sanctions))]
-        ax.bar(xs, [0 if v != v else v for v in ys], width=width, yerr=err, capsize=2, label=m)
+        _bars(ax, xs, ys, err, width=width, label=m)
     ax.set_xticks(range(len(sanctions)), sanctions, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("repair rate")
+    ax.set_ylabel("repair rate (no bar: no sanctioned episode)")
     ax.set_title(PLOTS["repair_by_sanction.png"], fontsize=10)
     if names:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    save(fig, "repair_by_sanction.png")
+    out["repair_by_sanction.png"] = fig
+    for fig in out.values():
+        fig.tight_layout()
+    return out
+
+
+def make_plots(metrics: Mapping[str, Any], info: ReportInfo | None = None) -> dict[str, bytes]:
+    """Render the four plots; returns file name -> PNG bytes."""
+    out: dict[str, bytes] = {}
+    for name, fig in build_figures(metrics, info).items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        out[name] = buf.getvalue()
     return out
 
 
@@ -406,21 +427,6 @@ def render_html(metrics: Mapping[str, Any], info: ReportInfo, plots: Mapping[str
     return "".join(parts)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_report(
     out_dir: str | Path, metrics: Mapping[str, Any], info: ReportInfo, *, plots: bool = True
 ) -> list[Path]:
@@ -434,7 +440,7 @@ def write_report(
     images = make_plots(metrics, info) if plots else {}
     written = []
     for name, png in images.items():
-        _atomic_write_bytes(folder / name, png)
+        atomic_write_bytes(folder / name, png)  # umask-following mode, like every run file
         written.append(folder / name)
     atomic_write_text(folder / "report.md", render_markdown(metrics, info, tuple(images)))
     atomic_write_text(folder / "report.html", render_html(metrics, info, images))
