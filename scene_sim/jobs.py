@@ -175,7 +175,8 @@ async def run_jobs(
                 semaphore.release()
                 summary.budget_stopped = True
                 summary.not_started = sum(1 for it in items[index:] if counts(it))
-                spent = spent_usd(context)
+                hard = getattr(context, "budget", None)
+                spent = max(float(hard.spent_usd), spent_usd(context)) if hard is not None else spent_usd(context)
                 console.print(
                     f"[bold yellow]budget: ${spent:.2f} spent of ${budget_usd:.2f}; "
                     f"not starting {summary.not_started} more {label}[/]"
