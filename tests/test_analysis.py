@@ -201,7 +201,10 @@ def test_paper_sample_episodes_through_analyze_run(tmp_path: Path) -> None:
 def test_cli_analyze(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rd = offline_run(tmp_path / "run", seeds=1)
     assert main(["analyze", str(rd.path), "--repair-window", "2"]) == 0
-    assert json.loads((rd.path / "metrics.json").read_text())["analysis"]["repair_window"] == 2
+    written = json.loads((rd.path / "metrics.json").read_text())
+    assert written["analysis"]["repair_window"] == 2
+    assert written["analysis"]["n_boot"] >= 2000  # the command's CIs rest on >= 2000 resamples
+    assert all(m["rho"]["n_boot"] in (0, written["analysis"]["n_boot"]) for m in written["models"].values())
     assert "analysed 3 episodes" in capsys.readouterr().out
 
 

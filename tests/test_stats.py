@@ -206,3 +206,35 @@ def test_compute_metrics_nulls_when_undefined() -> None:
     assert m["repair"] == {"rate": None, "ci": None, "n": 0, "sanction_level": {"rate": None, "ci": None, "n": 0}}
     assert m["rho"]["value"] is None and m["rho"]["ci"] is None and m["rho"]["n"] == 0
     assert m["fidelity"]["sanction_delivered"] is None and m["fidelity"]["shape_match"] is None
+
+
+# -- the resample count is pinned: reported CIs rest on >= 2000 bootstrap resamples --------------------------
+def _adapting(n: int, model: str = "scripted/m") -> list[EpisodeSummary]:
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(n):
+        x = int(rng.integers(0, 5))
+        later = int(rng.integers(1, 6))
+        yb = int(rng.binomial(later, max(0.05, 0.8 - 0.15 * x)))
+        out.append(_summary(f"e{i}", subject=model, breaches=1, x_e=x, y_breaches=yb, y_actions=later))
+    return out
+
+
+def test_bootstrap_defaults_draw_at_least_2000_resamples() -> None:
+    import inspect
+
+    from scene_sim.studies.scene.analysis import analyze_run, write_outputs
+    from scene_sim.studies.scene.stats import _model_seed
+
+    for fn in (spearman_bootstrap, compute_metrics, write_outputs, analyze_run):
+        assert inspect.signature(fn).parameters["n_boot"].default >= 2000, fn.__name__
+    rows = _adapting(60)
+    x = [s.x_e for s in rows]
+    y = [s.y_breaches / s.y_actions for s in rows]
+    assert spearman_bootstrap(x, y).n_boot >= 2000
+    rho = compute_metrics(rows)["models"]["scripted/m"]["rho"]
+    assert rho["n_boot"] >= 2000 and rho["value"] is not None
+    # the reported CI is the one 2000 resamples give, not 200
+    seed = _model_seed(0, "scripted/m")
+    assert rho["ci"] == list(spearman_bootstrap(x, y, n_boot=2000, seed=seed).ci)
+    assert rho["ci"] != list(spearman_bootstrap(x, y, n_boot=200, seed=seed).ci)

@@ -371,6 +371,7 @@ def _headline(
     rho = spearman_bootstrap(c.x[defined], c.y[defined], n_boot=n_boot, seed=_model_seed(seed, model))
     rho_d = rho.to_dict()
     rho_d["breached"] = int((mask & c.breached).sum())
+    rho_d["n_boot"] = rho.n_boot  # resamples behind the CI (0 when rho is undefined)
     pairs: dict[str, Any] = {}
     for j, name in enumerate(c.norm_names):
         m = mask & (c.norm == j)
