@@ -216,3 +216,46 @@ def test_paper_c3_no_breach() -> None:
     assert _counts(st) == {"D": 2, "B": 0, "S": 0, "R": 0}  # the paper: 0 / 0 / 0, 2 demonstrations
     assert st.x_e is None and st.y_e is None
     assert len(ep.turns) == 12 and {t.actor for t in ep.turns} == {"Marcus", "Javier", "Lin", "Sloane", "Vikram"}
+
+
+# -- the summary stored in a labels file -----------------------------------------------------------------------
+
+
+def _label_dicts(labs: list[TurnLabel]) -> list[dict[str, Any]]:
+    return [
+        {"turn_id": x.turn_id, "actor": x.actor, "label": x.label, "target_turn_id": x.target_turn_id} for x in labs
+    ]
+
+
+def test_summary_record_round_trips_through_json(known: tuple[Episode, list[TurnLabel]]) -> None:
+    from scene_sim.studies.scene.collect import summary_from_record, summary_record
+
+    ep, labs = known
+    dicts = _label_dicts(labs)
+    summary = summarize(
+        ep, labels_from_dicts(dicts), validity="PARTIAL", episode_metrics={"sanction_shape_match": True}
+    )
+    record = json.loads(json.dumps(summary_record(summary, dicts)))
+    assert "validity" not in record and "judge" not in record  # those are read from the labels document
+    back = summary_from_record(
+        record, dicts, validity="PARTIAL", shape_match_metric=True, judge="", judge_source="", judge_failure=False
+    )
+    assert back == summary and back.sanction_marks == ((1, 8), (5, 13))
+
+
+def test_summary_record_is_refused_when_it_no_longer_matches(known: tuple[Episode, list[TurnLabel]]) -> None:
+    from scene_sim.studies.scene.collect import SUMMARY_VERSION, labels_digest, summary_from_record, summary_record
+
+    ep, labs = known
+    dicts = _label_dicts(labs)
+    record = summary_record(summarize(ep, labels_from_dicts(dicts)), dicts)
+    ok = {"validity": "VALID", "shape_match_metric": False}
+    assert summary_from_record(record, dicts, **ok) is not None
+    relabelled = [dict(d, label="NONE") if d["label"] == "BREACH" else d for d in dicts]
+    retargeted = [dict(d, target_turn_id=7) if d["turn_id"] == 13 else d for d in dicts]
+    for other in (relabelled, retargeted, dicts[:-1], "junk"):
+        assert labels_digest(other) != labels_digest(dicts)
+        assert summary_from_record(record, other, **ok) is None
+    assert summary_from_record({**record, "v": SUMMARY_VERSION + 1}, dicts, **ok) is None
+    assert summary_from_record({k: v for k, v in record.items() if k != "breaches"}, dicts, **ok) is None
+    assert summary_from_record(None, dicts, **ok) is None
