@@ -33,13 +33,20 @@ ENTRY_POINT_GROUP = "scene_sim.studies"
 Command = Callable[[argparse.Namespace], int]
 
 
-def add_cache_argument(parser: argparse.ArgumentParser) -> None:
-    """Add the contract's ``--cache read-write|read-only|off`` option."""
+def add_cache_argument(parser: argparse.ArgumentParser, *, default: str | None = "read-write") -> None:
+    """Add the contract's ``--cache read-write|read-only|off`` option.
+
+    Args:
+        parser: the command's parser.
+        default: the mode without the flag; None leaves it to the command (e.g. a spec's ``run.cache``).
+
+    """
+    said = f"default {default}" if default else "default: the spec's run.cache"
     parser.add_argument(
         "--cache",
-        default="read-write",
+        default=default,
         choices=("read-write", "read-only", "off"),
-        help="response cache mode (default read-write; in $SCENE_SIM_CACHE_DIR)",
+        help=f"response cache mode ({said}; in $SCENE_SIM_CACHE_DIR)",
     )
 
 

@@ -104,8 +104,7 @@ def register(group: CommandGroup) -> None:
         "(joins RAY_ADDRESS when set, else starts a local cluster)",
     )
     p.add_argument("--workers", type=int_range(1), default=None, help="Ray workers (default: the cluster's CPUs)")
-    add_cache_argument(p)
-    p.set_defaults(cache=None)  # no --cache: the spec's run.cache decides
+    add_cache_argument(p, default=None)  # no --cache: the spec's run.cache decides
 
     p = group.add(
         "generate", _generate, help="generate scenarios with the two-stage generator into a .jsonl (resumable)"
@@ -272,7 +271,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from scene_sim.studies.scene.runner import ensure_writable_dir
+    from scene_sim.rundir import ensure_writable_dir
     from scene_sim.studies.scene.spec import load_spec
     from scene_sim.studies.scene.sweep import run_sweep
 
