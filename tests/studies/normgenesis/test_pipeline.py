@@ -126,7 +126,7 @@ async def test_agents_mode_writes_the_same_record_with_a_seeded_slip(tmp_path: P
 
 
 class FlakyBackend(Backend):
-    """Valid answers, except: every ``raise_every``-th call raises, every 3rd answers prose, every 7th leaks the norm."""
+    """Valid answers, except: every ``raise_every``-th call raises, every 3rd is prose, every 7th leaks the norm."""
 
     provider: ClassVar[str] = "custom"
     capabilities: ClassVar[Capabilities] = Capabilities(structured_output=True, scores_choices=False)
