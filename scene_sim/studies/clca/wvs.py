@@ -506,16 +506,12 @@ async def _model_answers(
         if config.answer_mode == "choices":
             options = tuple(str(k) for k in range(1, q.k + 1))
             request = GenerateRequest(messages, system=system, choices=options, temperature=0.0, seed=config.seed)
-            response = await backend.generate(request)
-            raw = response.text
-            value = parse_answer(raw, q.k)
         else:
             request = GenerateRequest(
                 messages, system=system, temperature=0.0, max_tokens=config.max_tokens, seed=config.seed
             )
-            response = await backend.generate(request)
-            raw = response.text
-            value = parse_answer(raw, q.k)
+        raw = (await backend.generate(request)).text
+        value = parse_answer(raw, q.k)  # a chosen option parses to itself
         out.append(Answer(respondent.id, q.id, value, raw))
     return out
 
