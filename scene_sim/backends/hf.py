@@ -407,7 +407,13 @@ class _Engine:
         self._masks: dict[str, torch.Tensor] = {}
         self._eos_mask: Any = None
         self._special_not_eos: Any = None
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        head = model.get_output_embeddings()
+        weight = head.weight() if callable(head.weight) else head.weight  # a quantised linear's weight is a method
+        self.vocab_size = int(weight.shape[0])
+        # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name warns); use what forward takes
+        import inspect
+
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     # ---------------------------------------------------------------- tokenizer helpers
 
@@ -589,12 +595,12 @@ class _Engine:
             input_ids=input_ids.to(self.device),
             attention_mask=attn.to(self.device),
             position_ids=pos.to(self.device),
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
+            **{self._cache_kw: cache},
         )
         logprobs = out.logits.float().log_softmax(-1)
-        cache = out.past_key_values
+        cache = _out_cache(out)
         self.stats.prefill_tokens += sum(len(new) for _, new in rows)
         results: list[torch.Tensor] = []
         kvs: list[list[tuple[Any, Any]]] | None = [] if keep_kv else None
@@ -748,11 +754,11 @@ class _Engine:
                 input_ids=torch.tensor(next_tokens, dtype=torch.long, device=self.device).unsqueeze(1),
                 attention_mask=attn[:, : width + 1],
                 position_ids=pos.unsqueeze(1),
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{self._cache_kw: cache},
             )
-            cache = out.past_key_values
+            cache = _out_cache(out)
             logprobs = out.logits[:, -1].float()  # raw logits: the repetition penalty needs their sign
             width += 1
             pos = pos + 1
@@ -817,6 +823,12 @@ class _Engine:
             keep = sorted_p.cumsum(-1) - sorted_p < self.opts.top_p
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
         return int(torch.multinomial(probs.cpu(), 1, generator=rng))
+
+
+def _out_cache(out: Any) -> Any:
+    """The KV cache a forward pass returned (``cache`` in transformers 5, ``past_key_values`` before)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _shared_prefix(options: list[list[int]]) -> int:

