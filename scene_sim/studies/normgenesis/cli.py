@@ -29,10 +29,23 @@ def _run_dir(text: str) -> Path:
     return path
 
 
+def _apply_spec(args: argparse.Namespace) -> None:
+    """Fill options from ``--spec``; flags that differ from their defaults win."""
+    from scene_sim.studies.normgenesis.spec import load_spec
+
+    defaults = args.spec_defaults
+    for key, value in load_spec(args.spec).items():
+        if getattr(args, key) == defaults.get(key):
+            setattr(args, key, value)
+
+
 def _generate(args: argparse.Namespace) -> int:
     import asyncio
 
     from scene_sim.studies.normgenesis.pipeline import GenerateConfig, generate
+
+    if args.spec:
+        _apply_spec(args)
 
     cats = None if args.categories.strip() == "all" else _csv(args.categories)
     cfg = GenerateConfig(
@@ -123,8 +136,10 @@ def register(group: CommandGroup) -> None:
     p.add_argument("--concurrency", type=int, default=8, help="items in flight (default 8)")
     p.add_argument("--budget", type=float, default=None, help="stop starting items past this many USD")
     p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    p.add_argument("--spec", default=None, help="a TOML spec whose [generate] table sets these options")
     p.add_argument("--out", required=True, help="the run directory (re-run to resume)")
     add_cache_argument(p)
+    p.set_defaults(spec_defaults={a.dest: a.default for a in p._actions})
 
     p = group.add("analyze", _analyze, help="patterns.json (repair shares, sequences, RQ means) and report.md")
     p.add_argument("dir", help="a generate run directory")

@@ -100,3 +100,22 @@ def test_sigkill_then_resume(tmp_path: Path) -> None:
     cfg = GenerateConfig(out=out, categories=("apology", "thanks", "respect", "leave"))
     made, rejected = assert_exactly_once(out, cfg)
     assert len(made) == 36 and not rejected
+
+
+def test_specs_load_and_flags_that_differ_from_defaults_win(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scene_sim.studies.normgenesis.spec import load_spec
+
+    paper = load_spec(ROOT / "experiments" / "normgenesis" / "paper_scale.toml")
+    assert paper["norms_per_category"] == 10 and paper["scenarios_per_norm"] == 10 and paper["budget"] == 200.0
+    smoke = ROOT / "experiments" / "normgenesis" / "offline_smoke.toml"
+    out = tmp_path / "run"
+    argv = ["normgenesis", "generate", "--spec", str(smoke), "--langs", "zh", "--categories", "thanks",
+            "--encoder", "hash", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "3 planned: 3 dialogues" in capsys.readouterr().out
+    spec = json.loads((out / "run.json").read_text(encoding="utf-8"))["spec"]
+    assert spec["langs"] == ["zh"] and spec["max_rounds"] == 3 and spec["encoder"] == "hash"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[generate]\nlangz = 'ko'\n", encoding="utf-8")
+    assert main(["normgenesis", "generate", "--spec", str(bad), "--out", str(out)]) == 2
+    assert "generate.langz: unknown key" in capsys.readouterr().err
