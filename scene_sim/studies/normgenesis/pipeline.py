@@ -210,11 +210,17 @@ class Pipeline:
             future = asyncio.get_running_loop().create_future()
             self._scenarios[sid] = future
             try:
-                future.set_result(await self._make_scenario(item))
-                self.scenarios_file.append(_scenario_doc(future.result()))
-            except BaseException as exc:
+                made = await self._make_scenario(item)
+            except asyncio.CancelledError:
+                future.cancel()
+                del self._scenarios[sid]  # nothing was made: a later item makes it afresh
+                raise
+            except Exception as exc:
                 future.set_exception(exc)
                 future.exception()  # retrieved here; each waiting item re-raises it
+            else:
+                self.scenarios_file.append(_scenario_doc(made))
+                future.set_result(made)
         return await asyncio.shield(future)
 
     async def _make_scenario(self, item: Item) -> Scenario:
@@ -256,14 +262,14 @@ class Pipeline:
             item.norm, scen.final, item.kind, item_id=item.id, speaker_models=(self.cfg.model, self.cfg.model),
             seed=self.cfg.seed, context=self.context,
         )  # fmt: skip
-        result = await play.arun()
-        draft = play.draft()
         from scene_sim._json import dumps_lines
 
+        result = await play.arun()
+        draft, error = play.draft(), play.error
+        play.dispose()
         atomic_write_bytes(self.cfg.out / "episodes" / f"{item.id}.jsonl", dumps_lines(list(result.events)))
         if result.end_reason != "max_turns":
-            raise Reject("dialogue", f"the played episode ended with '{result.end_reason}': {play.error or ''}".strip())
-        play.dispose()
+            raise Reject("dialogue", f"the played episode ended with '{result.end_reason}': {error or ''}".strip())
         return draft
 
     async def work(self, item: Item) -> None:
@@ -366,6 +372,12 @@ async def generate(cfg: GenerateConfig, *, context: Any = None) -> GenerateResul
     items = plan_items(bank, cfg)
     own = context is None
     context = context or RunContext(cache_mode=cfg.cache)
+    if cfg.budget_usd is not None:
+        if context.budget is None:
+            context.set_budget(cfg.budget_usd)
+        models = [m for m in (cfg.model, cfg.judge) if m and not is_scripted(m)]
+        for warning in context.check_priced(models):
+            print(f"scene-sim: warning: {warning}")
     cfg.out.mkdir(parents=True, exist_ok=True)
     pipeline_index = ExemplarIndex(bank.exemplars, make_encoder(cfg.encoder), _index_cache(cfg))
     pipe = Pipeline(cfg, bank, make_roles(cfg, context), pipeline_index, context)

@@ -92,6 +92,12 @@ async def test_generate_over_http_with_faults(server: FakeServer, tmp_path: Path
     names = {r.json.get("response_format", {}).get("json_schema", {}).get("name") for r in server.posts}
     assert {"normgenesis_situation", "normgenesis_rq", "normgenesis_annotate"} <= names
     assert ("normgenesis_dialogue" in names) == (mode == "generator")
+    if mode == "agents":  # the slip instruction is private to the speaker who slips
+        slipped = [r for r in server.posts if "slip: break the norm" in json.dumps(r.json, ensure_ascii=False)]
+        assert slipped
+        for r in slipped:
+            system = r.json["messages"][0]["content"]
+            assert system.startswith(("You are 지은,", "You are 王芳,")), system[:40]
     for path in out.rglob("*"):
         if path.is_file():
             assert KEY not in path.read_text(encoding="utf-8", errors="replace")
