@@ -179,3 +179,69 @@ async def test_fault_injecting_model_every_item_exactly_once(tmp_path: Path, mod
     finally:
         await context2.aclose()
     assert again.summary.done == 0 and backend.calls == calls
+
+
+class RecordingBackend(Backend):
+    """Valid answers; the RQ judge marks every first draft 3 on linguistic quality; ``leak`` quotes the norm."""
+
+    provider: ClassVar[str] = "custom"
+    capabilities: ClassVar[Capabilities] = Capabilities(structured_output=True, scores_choices=False)
+
+    def __init__(self, leak: bool = False) -> None:
+        super().__init__("recording")
+        self.requests: list[GenerateRequest] = []
+        self.leak = leak
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        self.requests.append(request)
+        user = request.messages[0]["content"]
+        data = answer(request.schema_name, request.system or "", user)
+        if request.schema_name == "normgenesis_rq" and "First draft" in user:
+            first = user.split("First draft:")[1].split("Current version:")
+            data = {**data, "linguistic_quality": 3 if first[0].strip() == first[1].strip() else 5}
+        if request.schema_name == "normgenesis_refine":
+            data = {**data, "situation": data["situation"] + " 주변은 조용하다."}
+        if self.leak and request.schema_name == "normgenesis_situation":
+            norm = re.search(r"Norm \(do not quote it\): (.+)", user)
+            data = {**data, "situation": norm.group(1) if norm else ""}
+        return GenerateResponse(text=json.dumps(data, ensure_ascii=False))
+
+
+async def _run_custom(tmp_path: Path, backend: Backend, **kw: Any) -> tuple[GenerateConfig, Path]:
+    context = RunContext(cache_mode="off")
+    context.add("custom/rec", backend, max_attempts=1)
+    out = tmp_path / "run"
+    c = cfg(out, langs=("ko",), categories=("apology",), model="custom/rec", **kw)
+    try:
+        await generate(c, context=context)
+    finally:
+        await context.aclose()
+    return c, out
+
+
+async def test_llm_refinement_round_uses_the_retrieved_exemplars_as_system_message(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    c, out = await _run_custom(tmp_path, backend)
+    made, rejected = assert_exactly_once(out, c)
+    assert len(made) == 3 and not rejected
+    ref = made[0]["refinement"]
+    assert ref["rounds"] == 1 and [s["linguistic_quality"] for s in ref["scores"]] == [3, 5]
+    refines = [r for r in backend.requests if r.schema_name == "normgenesis_refine"]
+    assert len(refines) == 1  # one scenario, shared by its three types
+    assert made[0]["exemplar_ids"][0] == "ex-ko-apology-1"
+    assert all(f"[{i}]" in (refines[0].system or "") for i in made[0]["exemplar_ids"])
+    assert refines[0].temperature == 0.8
+    assert all(
+        r.temperature == 0.0 for r in backend.requests if r.schema_name in ("normgenesis_rq", "normgenesis_annotate")
+    )
+
+
+async def test_a_leaking_situation_is_requeried_then_rejected_with_the_reason(tmp_path: Path) -> None:
+    backend = RecordingBackend(leak=True)
+    c, out = await _run_custom(tmp_path, backend)
+    made, rejected = assert_exactly_once(out, c)
+    assert not made and len(rejected) == 3
+    assert all(r["stage"] == "situation" and "leaks the norm" in r["reason"] for r in rejected)
+    asks = [r for r in backend.requests if r.schema_name == "normgenesis_situation"]
+    assert len(asks) == 3  # the first ask and two bounded re-queries, for the one shared scenario
+    assert "leaks the norm" in asks[-1].messages[-1]["content"]  # the re-query tells the model why
