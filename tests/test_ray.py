@@ -206,3 +206,37 @@ def test_killed_ray_driver_resumes_to_every_episode_once(tmp_path, cluster, bank
     assert _csv(out) == _csv(local)
     sessions = json.loads((out / "run.json").read_text())["sessions"]
     assert len(sessions) == 1 and sessions[0]["simulated"] == len(planned) - kept  # the killed one left none
+
+
+def make_doubler(context, *, die_on: int):
+    """A worker factory for the executor's own tests: doubles numbers; its process dies on ``die_on``."""
+
+    async def work(item: int) -> int:
+        if item == die_on:
+            os._exit(1)  # a worker lost mid-run (OOM, node gone)
+        await asyncio.sleep(0.01)
+        return 2 * item
+
+    return work
+
+
+@pytest.mark.slow
+def test_items_of_a_dead_worker_fail_and_the_others_go_on(cluster):
+    from scene_sim.executors import RayExecutor
+    from scene_sim.jobs import run_jobs
+
+    stored: dict[int, int] = {}
+
+    async def store(item: int, result: int) -> None:
+        stored[item] = result
+
+    async def main():
+        worker = WorkerSpec("tests.test_ray:make_doubler", {"die_on": 10})
+        async with RayExecutor(worker, workers=2, concurrency=2, chunk=1, gather_s=0.0) as ex:
+            return await run_jobs(list(range(60)), store, executor=ex, quiet=True, concurrency=2)
+
+    summary = asyncio.run(main())
+    assert summary.done + summary.failed == 60 and 1 <= summary.failed <= 4  # what the dead worker held
+    assert all(stored[i] == 2 * i for i in stored) and len(stored) == summary.done
+    assert all(i in stored for i in range(20, 60))  # once it was gone, the other worker took every item
+    assert any("worker" in line and "failed" in line for line in summary.failures)
