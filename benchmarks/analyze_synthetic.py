@@ -16,6 +16,9 @@ Two modes:
   gets (``summary``, see :func:`scene_sim.studies.scene.collect.summary_record`),
   computed here from each synthetic event log exactly as the judge step
   does, so analysis reads one labels file per episode and no event log.
+  The first pass reads every labels file and writes the labels folder's
+  summary index (``labels/.summaries.jsonl``); the timed second pass reads
+  the index and checks each labels file's stamp. Both passes are printed.
   ``--slow`` times the reference path instead (every event log re-read).
 
 Peak memory: ``tracemalloc`` peak of the timed section (a second, untimed

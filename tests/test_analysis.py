@@ -111,7 +111,7 @@ def test_analyze_run_writes_every_contract_file(tmp_path: Path) -> None:
 def test_labelled_runs_need_no_model(tmp_path: Path) -> None:
     rd = offline_run(tmp_path / "run", seeds=2)
     first = asyncio.run(analyze_run(rd))
-    stamps = {p.name: p.stat().st_mtime_ns for p in rd.labels_dir.iterdir()}
+    stamps = {p.name: p.stat().st_mtime_ns for p in rd.labels_dir.glob("*.json")}
 
     class NoModels:
         def backend(self, model: str) -> Any:
@@ -119,7 +119,7 @@ def test_labelled_runs_need_no_model(tmp_path: Path) -> None:
 
     second = asyncio.run(analyze_run(rd, judge="anthropic/claude-x", context=NoModels()))
     assert second.labelled == () and second.metrics["models"] == first.metrics["models"]
-    assert stamps == {p.name: p.stat().st_mtime_ns for p in rd.labels_dir.iterdir()}
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in rd.labels_dir.glob("*.json")}
     window = asyncio.run(analyze_run(rd, repair_window=0))
     assert window.metrics["analysis"]["repair_window"] == 0
 
@@ -421,3 +421,32 @@ def test_sweep_spec_classifier_key(tmp_path: Path) -> None:
     assert not a.classifier and b.classifier and a.fingerprint() != b.fingerprint()
     with pytest.raises(SceneSimError, match="classifier: needs an LLM judge"):
         load_spec(tmp_path / "c.toml")
+
+
+def test_the_index_serves_a_repeated_analysis_and_notices_changed_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scene_sim.studies.scene.analysis as analysis
+
+    rd = offline_run(tmp_path / "run", seeds=2)
+    asyncio.run(analyze_run(rd, plots=False))
+    reference = asyncio.run(analyze_run(rd, plots=False, workers=1, stored_summaries=False))
+    first = asyncio.run(analyze_run(rd, plots=False, workers=1))  # reads the labels files, writes the index
+    assert (rd.labels_dir / analysis.INDEX_NAME).is_file()
+    reads: list[Path] = []
+    real = analysis._read_doc
+    monkeypatch.setattr(analysis, "_read_doc", lambda path: reads.append(path) or real(path))
+    again = asyncio.run(analyze_run(rd, plots=False, workers=1))
+    assert reads == [] and again.summaries == first.summaries == reference.summaries
+    assert again.metrics == reference.metrics
+    # a labels file rewritten since (e.g. a re-judged episode) is read again, and only that one
+    eid = rd.episode_ids()[0]
+    doc = rd.read_labels(eid)
+    doc["fidelity"]["label"] = "INVALID"
+    rd.write_labels(eid, doc)
+    changed = asyncio.run(analyze_run(rd, plots=False, workers=1))
+    assert [p.stem for p in reads] == [eid] and changed.rows[eid]["validity"] == "INVALID"
+    # a damaged index is rebuilt, not trusted
+    (rd.labels_dir / analysis.INDEX_NAME).write_text("{not json\n")
+    rebuilt = asyncio.run(analyze_run(rd, plots=False, workers=1))
+    assert rebuilt.summaries == changed.summaries

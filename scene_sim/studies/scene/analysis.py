@@ -13,7 +13,9 @@ everything from the files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -26,7 +28,7 @@ from typing import Any
 
 from scene_sim.errors import SceneSimError
 from scene_sim.modelspec import ModelSpec
-from scene_sim.rundir import RunDir, atomic_write_text
+from scene_sim.rundir import RunDir, atomic_write_bytes, atomic_write_text
 from scene_sim.studies.scene.collect import EpisodeSummary, summarize, summary_from_record, summary_record
 from scene_sim.studies.scene.judge import (
     AUDIT_LABELS,
@@ -375,10 +377,20 @@ class _Collected:
     """Per-episode results of the summarise phase (in-process or from a worker)."""
 
     summaries: dict[str, EpisodeSummary] = field(default_factory=dict)
-    pairs: list[tuple[str, str]] = field(default_factory=list)
-    agreement_episodes: int = 0
+    #: episode id -> its (LLM label, heuristic label) pairs, for judge agreement
+    pairs_of: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     unreadable_labels: list[str] = field(default_factory=list)
+    #: episode id -> (mtime_ns, size) of its labels file, taken before it was read
+    stamps: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return [pair for pairs in self.pairs_of.values() for pair in pairs]
+
+    @property
+    def agreement_episodes(self) -> int:
+        return sum(1 for pairs in self.pairs_of.values() if pairs)
 
     def add(self, eid: str, episode: Episode, doc: Mapping[str, Any]) -> None:
         try:
@@ -386,17 +398,71 @@ class _Collected:
         except Exception as exc:  # a hand-edited labels file must not stop the analysis
             self.skipped[eid] = f"{type(exc).__name__}: {exc}".splitlines()[0]
             return
-        pairs = _agreement_pairs(doc)
-        if pairs:
-            self.pairs += pairs
-            self.agreement_episodes += 1
+        self.pairs_of[eid] = _agreement_pairs(doc)
 
     def merge(self, other: _Collected) -> None:
         self.summaries.update(other.summaries)
-        self.pairs += other.pairs
-        self.agreement_episodes += other.agreement_episodes
+        self.pairs_of.update(other.pairs_of)
         self.skipped.update(other.skipped)
         self.unreadable_labels += other.unreadable_labels
+        self.stamps.update(other.stamps)
+
+
+# -- the run-level summary index ------------------------------------------------------------------
+
+#: The index of a labels folder: one line per labelled episode, its summary and its labels file's stamp.
+INDEX_NAME = ".summaries.jsonl"
+_INDEX_VERSION = 1
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+def _index_entry(eid: str, stamp: tuple[int, int], summary: EpisodeSummary, pairs: list[tuple[str, str]]) -> bytes:
+    import orjson
+
+    return orjson.dumps([eid, stamp[0], stamp[1], dataclasses.astuple(summary), pairs]) + b"\n"
+
+
+def _read_index(path: Path) -> dict[str, tuple[tuple[int, int], EpisodeSummary, list[tuple[str, str]]]]:
+    """The index's entries by episode id (empty when it is missing, of another version or damaged)."""
+    import orjson
+
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return {}
+    lines = raw.splitlines()
+    try:
+        if not lines or orjson.loads(lines[0]) != {"v": _INDEX_VERSION, "summary_fields": _SUMMARY_FIELDS}:
+            return {}
+        out = {}
+        for line in lines[1:]:
+            eid, mtime, size, values, pairs = orjson.loads(line)
+            fields = dict(zip(_SUMMARY_FIELDS, values, strict=True))
+            fields["sanction_marks"] = tuple(tuple(m) for m in fields["sanction_marks"])
+            fields["repair_marks"] = tuple(tuple(m) for m in fields["repair_marks"])
+            out[eid] = ((mtime, size), EpisodeSummary(**fields), [tuple(p) for p in pairs])
+        return out
+    except (orjson.JSONDecodeError, TypeError, ValueError):  # damaged: rebuilt from the labels files
+        return {}
+
+
+def _write_index(path: Path, collected: _Collected) -> None:
+    import orjson
+
+    parts = [orjson.dumps({"v": _INDEX_VERSION, "summary_fields": _SUMMARY_FIELDS}) + b"\n"]
+    for eid in sorted(collected.stamps.keys() & collected.summaries.keys()):
+        parts.append(
+            _index_entry(eid, collected.stamps[eid], collected.summaries[eid], collected.pairs_of.get(eid, []))
+        )
+    with contextlib.suppress(OSError):  # a read-only run directory is still analysed, only without the index
+        atomic_write_bytes(path, b"".join(parts))
+
+
+_SUMMARY_FIELDS = [f.name for f in dataclasses.fields(EpisodeSummary)]
 
 
 def _read_doc(path: Path) -> dict[str, Any]:
@@ -417,18 +483,18 @@ def _summarise_labelled(root: str, ids: Sequence[str], *, stored: bool = True, l
     rd = RunDir(root, labels=labels)
     out = _Collected()
     for eid in ids:
+        path = rd.label_path(eid)
         try:
-            doc = _read_doc(rd.label_path(eid))
+            stamp = _stamp(path)  # before the read: a file changed meanwhile is read again next time
+            doc = _read_doc(path)
         except (SceneSimError, OSError, ValueError):
             out.unreadable_labels.append(eid)
             continue
+        out.stamps[eid] = stamp
         summary = _summary_from_stored(doc) if stored else None
         if summary is not None and summary.episode_id == eid:
             out.summaries[eid] = summary
-            pairs = _agreement_pairs(doc)
-            if pairs:
-                out.pairs += pairs
-                out.agreement_episodes += 1
+            out.pairs_of[eid] = _agreement_pairs(doc)
             continue
         try:
             episode = load_episode(rd.episode_path(eid), episode_id=eid)
@@ -446,7 +512,39 @@ PARALLEL_MIN_EPISODES = 4000
 async def _summarise_all(
     root: Path, ids: Sequence[str], workers: int | None, *, stored: bool = True, labels: str = "labels"
 ) -> _Collected:
-    """Summarise labelled episodes, in forked worker processes for large runs.
+    """Summarise labelled episodes: from the labels folder's index where a labels file is unchanged, else its file.
+
+    The index (:data:`INDEX_NAME` in the labels folder) holds each summary with
+    the labels file's modification time and size when it was read; it is
+    rewritten whenever a file was read, so a repeated analysis reads one file.
+    """
+    if not stored:
+        return await _summarise_files(root, ids, workers, stored=False, labels=labels)
+    index_path = root / labels / INDEX_NAME
+    index = _read_index(index_path)
+    done = _Collected()
+    fresh: list[str] = []
+    for eid in ids:
+        entry = index.get(eid)
+        try:
+            same = entry is not None and _stamp(root / labels / f"{eid}.json") == entry[0]
+        except OSError:
+            same = False
+        if same and entry is not None:
+            done.stamps[eid], done.summaries[eid], done.pairs_of[eid] = entry
+        else:
+            fresh.append(eid)
+    if fresh:
+        done.merge(await _summarise_files(root, fresh, workers, stored=True, labels=labels))
+    if fresh or len(index) != len(done.summaries):
+        _write_index(index_path, done)
+    return done
+
+
+async def _summarise_files(
+    root: Path, ids: Sequence[str], workers: int | None, *, stored: bool, labels: str
+) -> _Collected:
+    """Summarise labelled episodes from their files, in forked worker processes for large runs.
 
     Workers are forked only while this process has a single thread (forking a
     threaded process can deadlock; spawning would re-run an unguarded user
