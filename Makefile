@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/scene-sim demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # The offline part of the suite under Python 3.12 (which resolves Mesa 3.5), without the
 # torch extras: tests that need them skip. CI runs it after `make test`.
