@@ -231,7 +231,7 @@ def quantize_int8(model: Any) -> int:
     """Replace every ``nn.Linear`` of ``model`` (the output projection included) by a dynamic int8 linear.
 
     Uses the x86 / fbgemm kernels (AVX2 is enough). The float weights of the
-    replaced layers are released; a tied input embedding keeps its own float copy.
+    replaced layers are released; a tied input embedding keeps the float matrix (no copy is made).
 
     Returns:
         How many layers were quantised (0 when this torch has no quantised engine).
@@ -250,13 +250,12 @@ def quantize_int8(model: Any) -> int:
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
         from torch.ao.quantization import quantize_dynamic
 
-        head = model.get_output_embeddings()
-        emb = model.get_input_embeddings()
-        if head is not None and emb is not None and head.weight is emb.weight:
-            # untie: the embedding keeps the float matrix, the head gets its own quantised copy
-            head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+        # a tied head is simply replaced: the embedding keeps the float matrix, the head a quantised copy
         n = sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear))
         quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    import gc
+
+    gc.collect()  # release the replaced float weights now, before the first batch allocates
     return n
 
 

@@ -79,7 +79,7 @@ def register(group: CommandGroup) -> None:
 
     p = group.add("demo", _demo, help="one offline SCENE episode that tests the embedded model as the subject")
     p.add_argument("--out", default=None, help="run directory (default: a temporary folder)")
-    p.add_argument("--scenario", default=None, help="scenario id (default: an incident channel with a brevity norm)")
+    p.add_argument("--scenario", default=None, help="scenario id (default: a stand-up that expects reasons)")
     p.add_argument("--subject", default=None, help="the model under test (default: local, the embedded model)")
     p.add_argument("--personas", default=None, help="persona model string (default: scripted, the authored lines)")
     p.add_argument("--orchestrator", default=None, help="orchestrator model string (default: scripted)")
@@ -91,7 +91,7 @@ def register(group: CommandGroup) -> None:
         "the per-role options override it",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-turns", type=int, default=3, help="orchestrator ticks (default 3)")
+    p.add_argument("--max-turns", type=int, default=2, help="orchestrator ticks (default 2)")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
     add_cache_argument(p)
 

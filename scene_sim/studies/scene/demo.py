@@ -30,9 +30,9 @@ from scene_sim.studies.scene.display import print_summary, print_transcript
 
 __all__ = ["DEMO_SCENARIO", "DemoRoles", "run_demo", "tested_sentence"]
 
-#: The scenario the demo plays: an incident channel whose hidden norm is "answer briefly"; a breach
-#: (a long answer) is met by the personas' silent ignore, which the subject can notice and repair.
-DEMO_SCENARIO = "bug_report__concise_answer_norm__address_explicit__silent_ignore__p1"
+#: The scenario the demo plays: a stand-up whose hidden norm is "explain the why"; a curt one-liner
+#: (what a 135M model tends to write) is a breach, met by an explicit call-out the subject can repair.
+DEMO_SCENARIO = "standup__elaborated_answer_norm__open_query__explicit_callout__p0"
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def run_demo(
     roles: DemoRoles | None = None,
     scenario: str | None = None,
     seed: int = 0,
-    max_turns: int = 3,
+    max_turns: int = 2,
     cache_mode: str = "read-write",
     temperature: float | None = 0.8,
     console: Console | None = None,
