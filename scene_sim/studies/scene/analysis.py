@@ -439,12 +439,14 @@ def _read_index(path: Path) -> dict[str, tuple[tuple[int, int], EpisodeSummary, 
         if not lines or orjson.loads(lines[0]) != {"v": _INDEX_VERSION, "summary_fields": _SUMMARY_FIELDS}:
             return {}
         out = {}
+        marks = (_SUMMARY_FIELDS.index("sanction_marks"), _SUMMARY_FIELDS.index("repair_marks"))
         for line in lines[1:]:
             eid, mtime, size, values, pairs = orjson.loads(line)
-            fields = dict(zip(_SUMMARY_FIELDS, values, strict=True))
-            fields["sanction_marks"] = tuple(tuple(m) for m in fields["sanction_marks"])
-            fields["repair_marks"] = tuple(tuple(m) for m in fields["repair_marks"])
-            out[eid] = ((mtime, size), EpisodeSummary(**fields), [tuple(p) for p in pairs])
+            for i in marks:
+                values[i] = tuple(tuple(m) for m in values[i])
+            if len(values) != len(_SUMMARY_FIELDS):
+                return {}
+            out[eid] = ((mtime, size), EpisodeSummary(*values), [tuple(p) for p in pairs] if pairs else [])
         return out
     except (orjson.JSONDecodeError, TypeError, ValueError):  # damaged: rebuilt from the labels files
         return {}
@@ -524,13 +526,18 @@ async def _summarise_all(
     index = _read_index(index_path)
     done = _Collected()
     fresh: list[str] = []
+    folder = os.fspath(root / labels)
     for eid in ids:
         entry = index.get(eid)
+        if entry is None:
+            fresh.append(eid)
+            continue
         try:
-            same = entry is not None and _stamp(root / labels / f"{eid}.json") == entry[0]
+            st = os.stat(f"{folder}/{eid}.json")  # plain strings: pathlib costs more than the stat here
+            same = (st.st_mtime_ns, st.st_size) == entry[0]
         except OSError:
             same = False
-        if same and entry is not None:
+        if same:
             done.stamps[eid], done.summaries[eid], done.pairs_of[eid] = entry
         else:
             fresh.append(eid)
