@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -67,6 +68,8 @@ async def main(episodes: int, connections: int, latency: float, concurrency: int
         "calls_per_s": round(calls / wall, 1),
         "ideal_calls_per_s": ideal,
         "efficiency": round(calls / wall / ideal, 3),
+        # on a shared machine other processes delay the loop's timers: the figure holds only at low load
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "run_dir": str(out),
     }
 

@@ -27,7 +27,13 @@ from scene_sim.rundir import RunDir
 from scene_sim.studies.scene.spec import SweepSpec
 from scene_sim.studies.scene.sweep import run_sweep
 
-SUBJECTS = ["scripted/learner", "scripted/always-message", "scripted/always-react", "scripted/silent", "scripted/random"]
+SUBJECTS = [
+    "scripted/learner",
+    "scripted/always-message",
+    "scripted/always-react",
+    "scripted/silent",
+    "scripted/random",
+]
 
 
 def _spec(reps: int, concurrency: int) -> SweepSpec:
@@ -59,6 +65,7 @@ async def one_run(spec: SweepSpec, workers: int | None, executor: str) -> dict:
         "wall_s": round(wall, 2),
         "wall_eps": round(summary.simulated / wall, 1),
         "steady_eps": round(_steady_eps(out), 1),
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),  # other processes on the cores skew the figures
     }
 
 
