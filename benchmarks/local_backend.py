@@ -9,6 +9,10 @@ Measures, in one process:
 * tokens/s for one request alone, and for 4 concurrent requests
   (``asyncio.gather``) that the worker batches; wall-clock, prefill included,
   counting the tokens the model actually generated;
+* peak RSS of the serving process and of the load probes (the cold one
+  includes the conversion child), and the ATen CPU capability and the path
+  ``pack`` resolved to (set ``ATEN_CPU_CAPABILITY=avx2`` to measure the
+  AVX2-only path on an AVX-512 machine);
 * the share of valid actions over N agent decisions made the way
   ``scene_sim.studies.scene.agents`` does with a local model (score ``message`` / ``react``
   / ``no-op``, then generate the message content or score the reaction target
@@ -22,6 +26,7 @@ Usage::
     .venv/bin/python benchmarks/local_backend.py            # table
     .venv/bin/python benchmarks/local_backend.py --json     # machine-readable
     .venv/bin/python benchmarks/local_backend.py --cache-dir DIR --pack none
+    ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/local_backend.py   # the AVX2-only path
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import itertools
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -177,7 +183,20 @@ def _load_probe(pack: str, threads: int) -> dict[str, float]:
     backend.load()
     loaded = time.perf_counter() - t1
     asyncio.run(backend.aclose())
-    return {"import_s": imported, "load_s": loaded, "total_s": imported + loaded, "cache_was_ready": cached}
+    return {
+        "import_s": imported,
+        "load_s": loaded,
+        "total_s": imported + loaded,
+        "cache_was_ready": cached,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS (MiB) of this process and, separately counted, of its largest child."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, child) / 1024, 1)
 
 
 def _probe_in_subprocess(args: argparse.Namespace) -> dict[str, Any]:
@@ -209,6 +228,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         results["transformers"] = transformers.__version__
         backend = LocalBackend("", **options)
         results["warm_in_process_s"] = await backend.aload()
+        results["pack_kind"] = backend.pack_kind()
+        results["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
         try:
             await _throughput(backend, 1, 8, 900)  # warm-up
             single = [await _throughput(backend, 1, args.tokens, 1000 + k) for k in range(args.repeats)]
@@ -248,6 +269,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.cache_dir:
             shutil.rmtree(cache_root, ignore_errors=True)
     results["loadavg_end"] = round(os.getloadavg()[0], 2)
+    results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return results
 
 
@@ -255,7 +277,8 @@ def _table(r: dict[str, Any]) -> str:
     rows = [
         (
             "setup",
-            f"torch {r['torch']}, transformers {r['transformers']}, {r['cpu_count']} CPUs, pack={r['pack']}, "
+            f"torch {r['torch']}, transformers {r['transformers']}, {r['cpu_count']} CPUs, pack={r['pack']} "
+            f"-> {r['pack_kind']} (ATen {r['cpu_capability']}), "
             f"threads={r['threads']}, load average {r['loadavg_start']} -> {r['loadavg_end']}",
         )
     ]
@@ -263,9 +286,14 @@ def _table(r: dict[str, Any]) -> str:
         if key in r:
             x = r[key]
             rows.append(
-                (label, f"{x['load_s']:.1f} s  (fresh process; + {x['import_s']:.1f} s importing torch/transformers)")
+                (
+                    label,
+                    f"{x['load_s']:.1f} s  (fresh process; + {x['import_s']:.1f} s importing torch/transformers; "
+                    f"peak RSS {x['peak_rss_mb']:.0f} MiB)",
+                )
             )
     rows.append(("warm load, in-process", f"{r['warm_in_process_s']:.2f} s  (imports already done)"))
+    rows.append(("peak RSS, serving process", f"{r['peak_rss_mb']:.0f} MiB"))
     for key, label in (("unbatched", "tokens/s, 1 request"), ("batched_4", "tokens/s, 4 concurrent")):
         x = r[key]
         rows.append(
@@ -298,11 +326,12 @@ def _table(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--target", type=float, default=49.0, help="tokens/s with 4 agents to meet (0.5x llama.cpp)")
     parser.add_argument("--actions", type=int, default=50, help="agent decisions for the valid-action share")
     parser.add_argument("--agents", type=int, default=8, help="decisions run concurrently")
     parser.add_argument("--tokens", type=int, default=64, help="max tokens per throughput request")
     parser.add_argument("--repeats", type=int, default=5, help="throughput runs (best and median are reported)")
-    parser.add_argument("--pack", default="auto", choices=("auto", "int4", "none"))
+    parser.add_argument("--pack", default="auto", choices=("auto", "int4", "int8", "none"))
     parser.add_argument("--cache-dir", help="model cache root to use and keep (default: a temporary one)")
     parser.add_argument("--skip-cold", action="store_true", help="do not clear the cache / measure the cold load")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
@@ -313,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = asyncio.run(_run(args))
     print(json.dumps(results, indent=2, ensure_ascii=False) if args.json else _table(results))
+    # the speed target lives here, not in the tests
+    best = results["batched_4"]["tokens_per_s"]
+    if args.target and best < args.target:
+        print(f"below target: {best:.1f} tokens/s with 4 agents < {args.target:.1f}", file=sys.stderr)
+        return 1
     return 0
 
 
