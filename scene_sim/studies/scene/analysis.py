@@ -141,10 +141,8 @@ def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     columns = (*CSV_COLUMNS, *CSV_EXTRA_COLUMNS)
     writer.writerow(columns)
-    for row in rows:
-        writer.writerow(
-            ["" if (v := row.get(c)) is None else (repr(v) if isinstance(v, float) else v) for c in columns]
-        )
+    # csv writes None as an empty cell and floats with repr(), as the contract wants: no per-cell Python
+    writer.writerows([row.get(c) for c in columns] for row in rows)
     return buf.getvalue()
 
 
