@@ -8,6 +8,20 @@ stops the rest), then reduces every episode to a compact
 ``metrics.json``, ``report.md``, ``report.html`` and the PNG plots. Once
 labels exist no model is needed: ``scene-sim analyze RUN_DIR`` re-computes
 everything from the files.
+
+Fast at scale: every labels document carries its episode's stream summary
+(``summary``, with a digest of the labels it came from), written once when
+the episode is judged, so analysis reads the labels files and no event log;
+and each labels folder keeps an index, ``.summaries.jsonl`` (each summary
+with its labels file's mtime and size), so a repeated analysis reads one file
+and re-reads only what changed. A stale or missing summary falls back to the
+event log; the results are the same either way (``stored_summaries=False``
+forces the reference path).
+
+Re-judging: :func:`labelling_for` sends another judge's labels (``scene-sim
+analyze RUN_DIR --judge MODEL [--classifier]`` on a run labelled by a
+different judge) to a new folder ``labels-<judge-slug>/`` with its analysis in
+``labels-<judge-slug>/analysis/``; ``labels/`` is never touched.
 """
 
 from __future__ import annotations
