@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from scene_sim.rundir import RunDir
-from scene_sim.studies.scene.analysis import analyze_run, write_outputs
+from scene_sim.studies.scene.analysis import analyze_run, index_labels, write_outputs
 from scene_sim.studies.scene.collect import EpisodeSummary, summarize, summary_record
 from scene_sim.studies.scene.judge import Episode, labels_from_dicts
 from scene_sim.studies.scene.stats import compute_metrics
@@ -158,6 +158,7 @@ def synthetic_run_dir(path: Path, summaries: list[EpisodeSummary]) -> RunDir:
         episode = Episode.from_events(events, episode_id=s.episode_id)
         doc["summary"] = summary_record(summarize(episode, labels_from_dicts(labels)), labels)
         (rd.labels_dir / f"{s.episode_id}.json").write_text(json.dumps(doc))
+        index_labels(rd, s.episode_id, doc)  # as the sweep does after each labels write
     return rd
 
 

@@ -30,7 +30,14 @@ from typing import Any
 from scene_sim._json import dumps_lines
 from scene_sim.errors import SceneSimError
 
-__all__ = ["RunDir", "atomic_write_bytes", "atomic_write_text", "ensure_writable_dir", "package_versions"]
+__all__ = [
+    "RunDir",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "ensure_writable_dir",
+    "labels_json",
+    "package_versions",
+]
 
 _TMP_PREFIX = ".tmp-"
 _UMASK: int | None = None
@@ -75,7 +82,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def _labels_json(labels: dict[str, Any]) -> str:
+def labels_json(labels: dict[str, Any]) -> str:
+    """A labels document as written to ``labels/<id>.json`` (workers encode it the same way)."""
     return json.dumps(labels, indent=1, ensure_ascii=False) + "\n"
 
 
@@ -153,7 +161,7 @@ class RunDir:
     def write_labels(self, episode_id: str, labels: dict[str, Any]) -> Path:
         """Write an episode's labels atomically."""
         path = self.label_path(episode_id)
-        atomic_write_text(path, _labels_json(labels))
+        atomic_write_text(path, labels_json(labels))
         return path
 
     # Inside an event loop: encode on the loop (a fraction of a millisecond) and
@@ -170,7 +178,7 @@ class RunDir:
     async def awrite_labels(self, episode_id: str, labels: dict[str, Any]) -> Path:
         """:meth:`write_labels` for async code: the file I/O runs in a thread."""
         path = self.label_path(episode_id)
-        await asyncio.to_thread(atomic_write_text, path, _labels_json(labels))
+        await asyncio.to_thread(atomic_write_text, path, labels_json(labels))
         return path
 
     def episode_ids(self) -> list[str]:

@@ -450,3 +450,35 @@ def test_the_index_serves_a_repeated_analysis_and_notices_changed_files(
     (rd.labels_dir / analysis.INDEX_NAME).write_text("{not json\n")
     rebuilt = asyncio.run(analyze_run(rd, plots=False, workers=1))
     assert rebuilt.summaries == changed.summaries
+
+
+def test_a_sweep_indexes_its_labels_so_the_first_analysis_reads_no_labels_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scene_sim.studies.scene.analysis as analysis
+    from scene_sim.studies.scene.spec import load_spec
+    from scene_sim.studies.scene.sweep import run_sweep
+
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(
+        'subjects = ["scripted/learner", "scripted/always-message"]\n'
+        '[run]\nreps = 1\ncache = "off"\n[scenarios]\nsource = "bank"\n'
+    )
+    out = tmp_path / "run"
+    asyncio.run(run_sweep(load_spec(spec_path), out, quiet=True, analyze=False))
+    rd = RunDir(out)
+    index = (rd.labels_dir / analysis.INDEX_NAME).read_bytes().splitlines()
+    assert len(index) == 1 + len(rd.labelled_ids())  # a header and one entry per labels file
+    reference = asyncio.run(analyze_run(RunDir(out), plots=False, workers=1, stored_summaries=False))
+    reads: list[Path] = []
+    real = analysis._read_doc
+    monkeypatch.setattr(analysis, "_read_doc", lambda path: reads.append(path) or real(path))
+    first = asyncio.run(analyze_run(RunDir(out), plots=False, workers=1))
+    assert reads == [] and first.summaries == reference.summaries and first.metrics == reference.metrics
+    # a kill mid-append tears the last line: that episode alone is read from its labels file
+    torn = rd.labels_dir / analysis.INDEX_NAME
+    lines = torn.read_bytes().splitlines()
+    torn.write_bytes(b"\n".join(lines[:-1]) + b"\n" + lines[-1][: len(lines[-1]) // 2])
+    reads.clear()
+    again = asyncio.run(analyze_run(RunDir(out), plots=False, workers=1))
+    assert len(reads) == 1 and again.summaries == reference.summaries

@@ -68,6 +68,7 @@ __all__ = [
     "AnalysisResult",
     "analyze_run",
     "episode_row",
+    "index_labels",
     "judge_agreement",
     "judge_episode",
     "label_episode",
@@ -452,8 +453,13 @@ def _read_index(path: Path) -> dict[str, tuple[tuple[int, int], EpisodeSummary, 
             return {}
         out = {}
         marks = (_SUMMARY_FIELDS.index("sanction_marks"), _SUMMARY_FIELDS.index("repair_marks"))
-        for line in lines[1:]:
-            eid, mtime, size, values, pairs = orjson.loads(line)
+        for n, line in enumerate(lines[1:], start=2):
+            try:
+                eid, mtime, size, values, pairs = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                if n == len(lines) and not raw.endswith(b"\n"):
+                    break  # torn by a kill mid-append: that episode is read from its labels file
+                raise
             for i in marks:
                 values[i] = tuple(tuple(m) for m in values[i])
             if len(values) != len(_SUMMARY_FIELDS):
@@ -462,6 +468,29 @@ def _read_index(path: Path) -> dict[str, tuple[tuple[int, int], EpisodeSummary, 
         return out
     except (orjson.JSONDecodeError, TypeError, ValueError):  # damaged: rebuilt from the labels files
         return {}
+
+
+def index_labels(rd: RunDir, episode_id: str, doc: Mapping[str, Any]) -> None:
+    """Append one just-written labels file to its folder's index, so the first analysis reads the index.
+
+    The sweep calls this after each labels write. A labels document without a
+    usable stored summary is left out (analysis then reads its files); a
+    later entry for the same episode wins; a torn last line (a kill mid-write)
+    is ignored when the index is read.
+    """
+    summary = _summary_from_stored(doc)
+    if summary is None or summary.episode_id != episode_id:
+        return
+    import orjson
+
+    path = rd.labels_dir / INDEX_NAME
+    with contextlib.suppress(OSError):  # the index is an optimisation: the labels files stay the truth
+        entry = _index_entry(episode_id, _stamp(rd.label_path(episode_id)), summary, _agreement_pairs(doc))
+        header = (
+            b"" if path.exists() else orjson.dumps({"v": _INDEX_VERSION, "summary_fields": _SUMMARY_FIELDS}) + b"\n"
+        )
+        with path.open("ab") as fh:
+            fh.write(header + entry)
 
 
 def _write_index(path: Path, collected: _Collected) -> None:

@@ -30,15 +30,16 @@ from typing import Any
 
 from rich.console import Console
 
-from scene_sim._json import dumps_lines
+from scene_sim._json import dumps_lines, loads
 from scene_sim._version import __version__
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
 from scene_sim.events import iter_event_dicts
 from scene_sim.executors import EXECUTORS
 from scene_sim.jobs import JobsSummary, run_jobs
-from scene_sim.rundir import RunDir, _labels_json, atomic_write_bytes, atomic_write_text, package_versions
+from scene_sim.rundir import RunDir, atomic_write_bytes, atomic_write_text, labels_json, package_versions
 from scene_sim.studies.scene._catalog import scenario_source
+from scene_sim.studies.scene.analysis import index_labels
 from scene_sim.studies.scene.model import SceneModel, episode_id_for
 from scene_sim.studies.scene.scenario import Scenario, ScenarioBank
 from scene_sim.studies.scene.spec import SweepSpec
@@ -101,7 +102,7 @@ class EpisodeOutcome:
             None,
             self.judge_error,
             log=dumps_lines(self.events or []) if self.end_reason is not None else None,
-            labels_text=_labels_json(self.labels) if self.labels is not None else None,
+            labels_text=labels_json(self.labels) if self.labels is not None else None,
         )
 
 
@@ -320,9 +321,11 @@ async def run_sweep(
                 console.print(f"[yellow]judge failed on {eid}: {outcome.judge_error}[/]")
             elif outcome.labels_text is not None:
                 await asyncio.to_thread(atomic_write_text, run_dir.label_path(eid), outcome.labels_text)
+                index_labels(run_dir, eid, loads(outcome.labels_text))
                 summary.judged += 1
             elif outcome.labels is not None:
                 await run_dir.awrite_labels(eid, outcome.labels)
+                index_labels(run_dir, eid, outcome.labels)  # the first analysis then reads one index file
                 summary.judged += 1
 
         async def one(task: EpisodeTask) -> None:
