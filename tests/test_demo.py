@@ -10,11 +10,12 @@ import pytest
 
 from scene_sim.cli import main
 
-SECTIONS = ("judged transcript", "metrics", "breaches", "sanctions", "repairs", "Tested whether", "report.html")
+SECTIONS = ("judgedtranscript", "metrics", "breaches", "sanctions", "repairs", "Testedwhether", "report.html")
 
 
 def _plain(text: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"\x1b\[[0-9;]*m", "", text))
+    # rich wraps long paths anywhere: compare without any whitespace
+    return re.sub(r"\s+", "", re.sub(r"\x1b\[[0-9;]*m", "", text))
 
 
 def test_demo_with_a_scripted_subject_prints_every_section(tmp_path, capsys) -> None:
@@ -24,8 +25,8 @@ def test_demo_with_a_scripted_subject_prints_every_section(tmp_path, capsys) -> 
     assert code == 0
     for section in SECTIONS:
         assert section in printed, section
-    assert f"scene-sim view {out}" in printed
-    assert "scripted/random (playing" in printed
+    assert f"scene-simview{out}" in printed
+    assert "scripted/random(playing" in printed
     assert "BREACH" in printed and "SANCTION" in printed  # seed 0: a curt random reply is called out
     assert (out / "report.html").is_file() and (out / "run.json").is_file()
 
@@ -36,7 +37,7 @@ def test_demo_roles_are_selectable_and_model_is_a_shorthand(tmp_path, capsys) ->
     code = main([*args, "--judge", "scripted/heuristic", "--out", str(out)])
     printed = _plain(capsys.readouterr().out)
     assert code == 0
-    assert "scripted/silent is the subject" in printed and "judge: scripted/heuristic" in printed
+    assert "scripted/silentisthesubject" in printed and "judge:scripted/heuristic" in printed
     import json
 
     models = json.loads((out / "run.json").read_text())["spec"]["models"]
@@ -70,8 +71,8 @@ def test_demo_tests_the_embedded_model_as_subject(tmp_path, monkeypatch, capsys)
     assert code == 0
     for section in SECTIONS:
         assert section in printed, section
-    assert "local is the subject" in printed and "Tested whether local (playing" in printed
-    assert re.search(r"\[t\d+\] \w+\*: \S", printed)  # the subject (marked *) said something
-    assert "Converted the embedded model" in printed  # our own status line, not transformers' bars
+    assert "localisthesubject" in printed and "Testedwhetherlocal(playing" in printed
+    assert re.search(r"\[t\d+\]\w+\*:\S", printed)  # the subject (marked *) said something
+    assert "Convertedtheembeddedmodel" in printed  # our own status line, not transformers' bars
     assert "it/s]" not in printed + _plain(captured.err)
     assert "Warning" not in printed + _plain(captured.err)

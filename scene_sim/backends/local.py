@@ -230,6 +230,10 @@ def convert_in_child(gguf: Path, target: Path) -> None:
 def quantize_int8(model: Any) -> int:
     """Replace every ``nn.Linear`` of ``model`` (the output projection included) by a dynamic int8 linear.
 
+    Known defect: per-tensor int8 activations move this model's next-token
+    distribution far from float32 (KL ~2 nats on the test prompt, with or
+    without the head quantised); see the xfail test in tests/backends/test_local.py.
+
     Uses the x86 / fbgemm kernels (AVX2 is enough). The float weights of the
     replaced layers are released; a tied input embedding keeps the float matrix (no copy is made).
 
