@@ -26,7 +26,14 @@ from pathlib import Path
 def _plain(model_dir: str, records: list[dict], args: argparse.Namespace, out: Path) -> float:
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+    )
 
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if tok.pad_token_id is None:
@@ -61,6 +68,7 @@ def _plain(model_dir: str, records: list[dict], args: argparse.Namespace, out: P
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     )
     trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=collate)
+    trainer.remove_callback(PrinterCallback)  # as ours: no log dicts on stdout
     t0 = time.perf_counter()
     trainer.train()
     return served["tokens"] / (time.perf_counter() - t0)
@@ -109,9 +117,12 @@ def main() -> None:
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     model_dir = model_dir_for(args.model)
     plain, ours = [], []
-    for i in range(args.repeats):
+    for i in range(args.repeats):  # alternate the order: on a shared machine the load drifts
+        if i % 2:
+            ours.append(_ours(data, args, tmp / f"ours{i}"))
         plain.append(_plain(model_dir, records, args, tmp / f"plain{i}"))
-        ours.append(_ours(data, args, tmp / f"ours{i}"))
+        if not i % 2:
+            ours.append(_ours(data, args, tmp / f"ours{i}"))
     result = {
         "model": args.model,
         "examples": len(records),

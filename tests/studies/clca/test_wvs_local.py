@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HAVE, reason="needs torch
 
 # no repetition penalty: with one, free text is steered away from digits already in the prompt while
 # choice scoring is not, so the modes would differ by construction; greedy decoding in both
-MODEL = "local?repetition_penalty=1&pack=none"
+MODEL = "local?repetition_penalty=1"
 
 
 def test_choice_scoring_agrees_with_generate_where_the_generated_answer_is_valid(tmp_path: Path) -> None:
@@ -23,7 +23,7 @@ def test_choice_scoring_agrees_with_generate_where_the_generated_answer_is_valid
 
     survey = wvs.load_survey(wvs.write_synthetic_survey(tmp_path / "s.csv", ("JPN",), n=10, seed=2), "JPN")
     people = wvs.sample_respondents(survey, 2, seed=1)
-    questions = [q for q in wvs.load_questions() if q.id in ("Q6", "Q21", "Q29", "Q45")]
+    questions = [q for q in wvs.load_questions() if q.id in ("Q6", "Q29")]
     base = {"survey": "x", "country": "JPN", "subject": MODEL, "personas": 2, "out": str(tmp_path)}
 
     async def both() -> tuple[list[wvs.Answer], list[wvs.Answer]]:
@@ -36,9 +36,8 @@ def test_choice_scoring_agrees_with_generate_where_the_generated_answer_is_valid
                 batches = [wvs._model_answers(backend, config, p, questions) for p in people]
                 return [a for batch in await asyncio.gather(*batches) for a in batch]
 
-            gen = await mode("generate", "persona") + await mode("generate", "cultural")
-            cho = await mode("choices", "persona") + await mode("choices", "cultural")
-            return gen, cho
+            # kept small: on two shared cores one prompt costs seconds
+            return await mode("generate", "persona"), await mode("choices", "persona")
         finally:
             await context.aclose()
 
