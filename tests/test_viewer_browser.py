@@ -215,16 +215,13 @@ def test_six_thousand_episodes_load_fast(driver, tmp_path_factory):
     assert 0 < len(rows) < 120  # virtualised: only the rows on screen exist
     # scroll to the end: the last episode is rendered, still few rows in the DOM
     driver.execute_script("const l = document.getElementById('list'); l.scrollTop = l.scrollHeight;")
-    _wait(
-        lambda: any(
-            r.get_attribute("data-id") == "synthetic-05999" for r in driver.find_elements(By.CSS_SELECTOR, "#list .row")
-        ),
-        what="the last row",
-    )
+    # asked in the page: the virtual list re-renders rows while we look, so element handles go stale
+    last_row_shown = "return [...document.querySelectorAll('#list .row')].some(r => r.dataset.id === 'synthetic-05999')"
+    _wait(lambda: driver.execute_script(last_row_shown), what="the last row")
     start = time.monotonic()
     driver.find_element(By.CSS_SELECTOR, "#f-model option[value='openai/model-3']").click()
     _wait(lambda: count.get_attribute("data-shown") == "750", what="the filtered count")
     assert time.monotonic() - start < 5
-    driver.find_elements(By.CSS_SELECTOR, "#list .row")[0].click()
+    driver.execute_script("document.querySelector('#list .row').click()")
     _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#detail article.episode"), what="the episode")
     assert _severe(driver) == []
