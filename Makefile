@@ -42,7 +42,7 @@ test: $(STAMP)
 
 # The offline part of the suite under Python 3.12 (which resolves Mesa 3.5), without the
 # torch extras: tests that need them skip. CI runs it after `make test`.
-PY312 ?= $(shell command -v python3.12 || echo $(HOME)/.pyenv/versions/3.12.1/bin/python)
+PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
 VENV312 ?= .venv312
 $(VENV312)/.installed: pyproject.toml Makefile
 	$(PY312) -m venv $(VENV312)
