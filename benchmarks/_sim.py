@@ -46,6 +46,8 @@ class SimModel(Backend):
         self.latency_s = latency_s
         self.persona_rate = persona_rate
         self.subject_rate = subject_rate
+        #: ``(start, end)`` of every call (perf_counter): how busy the connections were, and when
+        self.windows: list[tuple[float, float]] = []
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         # a call takes latency_s in all: the simulated model's own work counts inside it
@@ -55,6 +57,7 @@ class SimModel(Backend):
         usage = Usage(math.ceil(len(prompt) / 4), math.ceil(len(text) / 4))
         if self.latency_s:
             await asyncio.sleep(max(0.0, self.latency_s - (time.perf_counter() - started)))
+        self.windows.append((started, time.perf_counter()))
         return GenerateResponse(text, parsed=parsed, usage=usage, model="custom/sim")
 
     @staticmethod

@@ -50,7 +50,8 @@ async def main(episodes: int, connections: int, latency: float, concurrency: int
         }
     )
     ctx = RunContext(cache_mode="off")
-    ctx.add("custom/sim", SimModel(latency_s=latency), max_connections=connections)
+    sim = SimModel(latency_s=latency)
+    ctx.add("custom/sim", sim, max_connections=connections)
     out = Path(tempfile.mkdtemp(prefix="scene-sim-overhead-"))
     t0 = time.perf_counter()
     summary = await run_sweep(spec, out, quiet=True, analyze=False, context=ctx)
@@ -68,9 +69,40 @@ async def main(episodes: int, connections: int, latency: float, concurrency: int
         "calls_per_s": round(calls / wall, 1),
         "ideal_calls_per_s": ideal,
         "efficiency": round(calls / wall / ideal, 3),
+        **_account(sim.windows, t0, t0 + wall, connections, latency),
         # on a shared machine other processes delay the loop's timers: the figure holds only at low load
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "run_dir": str(out),
+    }
+
+
+def _account(windows: list[tuple[float, float]], t0: float, t1: float, connections: int, latency: float) -> dict:
+    """Where the connection-seconds went: start-up, ramp-up, the busy middle and the tail.
+
+    The connections are "full" while ``connections`` calls are in flight. Before
+    the first full moment is start-up and ramp-up (the first episodes being
+    built), after the last one is the tail (the last episodes finishing one
+    call at a time); in between, a shortfall is the loop's own overhead.
+    """
+    edges = sorted([(s, 1) for s, _ in windows] + [(e, -1) for _, e in windows])
+    busy, first_full, last_full, busy_area, prev = 0, None, None, 0.0, t0
+    for at, step in edges:
+        busy_area += busy * (at - prev)
+        prev = at
+        busy += step
+        if busy >= connections:
+            first_full = at if first_full is None else first_full
+            last_full = at
+    first_full = first_full if first_full is not None else t0
+    last_full = last_full if last_full is not None else t1
+    middle = [(s, e) for s, e in windows if s >= first_full and e <= last_full]
+    mid_s = max(1e-9, last_full - first_full)
+    return {
+        "first_call_s": round(min(s for s, _ in windows) - t0, 2) if windows else None,
+        "ramp_up_s": round(first_full - t0, 2),
+        "tail_s": round(t1 - last_full, 2),
+        "middle_efficiency": round(len(middle) * latency / (connections * mid_s), 3),
+        "connection_busy_share": round(busy_area / (connections * (t1 - t0)), 3),
     }
 
 
