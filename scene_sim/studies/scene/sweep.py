@@ -37,7 +37,7 @@ from scene_sim.errors import SceneSimError
 from scene_sim.events import iter_event_dicts
 from scene_sim.executors import EXECUTORS
 from scene_sim.jobs import JobsSummary, run_jobs
-from scene_sim.rundir import RunDir, atomic_write_bytes, atomic_write_text, labels_json, package_versions
+from scene_sim.rundir import RunDir, aatomic_write_bytes, labels_json, package_versions
 from scene_sim.studies.scene._catalog import scenario_source
 from scene_sim.studies.scene.analysis import index_labels
 from scene_sim.studies.scene.model import SceneModel, episode_id_for
@@ -307,7 +307,7 @@ async def run_sweep(
             eid = task.episode.episode_id
             if outcome.end_reason is not None:
                 if outcome.log is not None:
-                    await asyncio.to_thread(atomic_write_bytes, run_dir.episode_path(eid), outcome.log)
+                    await aatomic_write_bytes(run_dir.episode_path(eid), outcome.log)
                 else:
                     await run_dir.awrite_episode(eid, outcome.events or [])
                 summary.simulated += 1
@@ -320,7 +320,7 @@ async def run_sweep(
                 summary.judge_failures += 1
                 console.print(f"[yellow]judge failed on {eid}: {outcome.judge_error}[/]")
             elif outcome.labels_text is not None:
-                await asyncio.to_thread(atomic_write_text, run_dir.label_path(eid), outcome.labels_text)
+                await aatomic_write_bytes(run_dir.label_path(eid), outcome.labels_text.encode("utf-8"))
                 index_labels(run_dir, eid, loads(outcome.labels_text))
                 summary.judged += 1
             elif outcome.labels is not None:
