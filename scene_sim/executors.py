@@ -47,6 +47,8 @@ __all__ = [
     "RemoteItemError",
     "WorkerSpec",
     "merge_accounting",
+    "ray_session",
+    "run_on_ray",
     "shared_budget",
     "split_limits",
 ]
@@ -296,6 +298,98 @@ class _Worker:
             await self._context.aclose()
 
 
+def _connect(ray: Any, workers: int, init: Mapping[str, Any]) -> bool:
+    """Connect to Ray unless connected: join ``RAY_ADDRESS`` when set, else start a local cluster.
+
+    Returns:
+        Whether this call connected (and so the caller is the one to shut down).
+
+    """
+    if ray.is_initialized():
+        return False
+    kwargs = dict(init)
+    if not os.environ.get("RAY_ADDRESS"):
+        kwargs.setdefault("include_dashboard", False)
+        if workers > (os.cpu_count() or 1):
+            kwargs.setdefault("num_cpus", workers)  # else the extra workers would wait for CPUs
+    kwargs.setdefault("log_to_driver", True)
+    ray.init(**kwargs)  # joins RAY_ADDRESS when set; in the main thread, where Ray wants it
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(workers: int | None = None, **init: Any) -> Any:
+    """One Ray connection around several :class:`RayExecutor` batches (a pipeline's steps).
+
+    Without it, each executor connects and shuts down on its own; a local cluster
+    then starts once per step. Inside it, the executors find Ray connected and
+    leave it be; it shuts down here (when this call connected).
+
+    Args:
+        workers: the workers the batches will start (a local cluster gets at least that many CPUs).
+        init: keyword arguments of ``ray.init``.
+
+    """
+    ray = _ray()
+    started = _connect(ray, workers or 0, init)
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+async def run_on_ray(
+    items: Sequence[Any],
+    store: Callable[[Any, Any], Awaitable[Any]],
+    worker: WorkerSpec,
+    *,
+    context: RunContext,
+    workers: int | None = None,
+    concurrency: int = 16,
+    **jobs_args: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """:func:`~scene_sim.jobs.run_jobs` over Ray workers built from ``worker``; ``store`` runs here.
+
+    The context's budget, if any, becomes the shared one for the batch (the driver's
+    own calls draw on it too) and is a local :class:`Budget` again afterwards, with
+    the batch's spend carried over, so a next batch or step goes on from it.
+
+    Args:
+        items: what to do (picklable).
+        store: ``store(item, result)``, the driver's part: it writes the result.
+        worker: how each worker builds ``work(item) -> result``.
+        context: the driver's backends and budget.
+        workers: how many workers (default: the cluster's CPUs).
+        concurrency: items in flight per worker.
+        jobs_args: the other keyword arguments of :func:`~scene_sim.jobs.run_jobs`.
+
+    Returns:
+        run_jobs' summary and the accounting of the driver and every worker.
+
+    """
+    from scene_sim.jobs import run_jobs  # jobs knows executors only as "something with bind()"
+
+    local = context.budget
+    async with RayExecutor(worker, workers=workers, concurrency=concurrency, budget=local) as executor:
+        shared = executor.budget
+        if shared is not None:
+            context.set_budget(shared)
+        try:
+            summary = await run_jobs(
+                items, store, executor=executor, concurrency=concurrency, context=context, **jobs_args
+            )
+            accounting = merge_accounting([context.accounting(), *await executor.accounting()])
+        finally:
+            if shared is not None:
+                with contextlib.suppress(Exception):
+                    shared.refresh()
+                after = Budget(shared.limit_usd)
+                after.settle(0.0, shared.spent_usd)
+                context.set_budget(after)
+    return summary, accounting
+
+
 def _ray() -> Any:
     try:
         import ray
@@ -359,15 +453,7 @@ class RayExecutor:
 
     async def __aenter__(self) -> RayExecutor:
         ray = _ray()
-        if not ray.is_initialized():
-            kwargs = dict(self._init)
-            if not os.environ.get("RAY_ADDRESS"):
-                kwargs.setdefault("include_dashboard", False)
-                if self.workers > (os.cpu_count() or 1):
-                    kwargs.setdefault("num_cpus", self.workers)  # else the extra workers would wait for CPUs
-            kwargs.setdefault("log_to_driver", True)
-            ray.init(**kwargs)  # joins RAY_ADDRESS when set; in the main thread, where Ray wants it
-            self._started_ray = True
+        self._started_ray = _connect(ray, self.workers, self._init)
         if not self.workers:
             self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         if self._local_budget is not None:

@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 
 import pytest
 
 from scene_sim.studies.scene.scenario import load_scenarios
 from scene_sim.studies.scene.taxonomy import load_taxonomy
+
+#: Ray's own switch for loopback-only clusters (else it binds the machine's address); read at import.
+LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,3 +67,23 @@ class LoopTicks:
 def loop_ticks() -> type[LoopTicks]:
     """The :class:`LoopTicks` class, for tests that check the event loop keeps running."""
     return LoopTicks
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A local 2-CPU Ray cluster on loopback, shared by the Ray tests of this process; yields its address."""
+    # Ray's own switch for loopback-only clusters (else it binds the machine's address); read at import
+    before = os.environ.get(LOOPBACK)
+    os.environ[LOOPBACK] = "0"
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        address = ray.get_runtime_context().gcs_address
+        assert address.startswith("127.0.0.1:")
+        yield address
+    finally:
+        ray.shutdown()
+        if before is None:
+            os.environ.pop(LOOPBACK, None)
+        else:
+            os.environ[LOOPBACK] = before

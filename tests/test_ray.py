@@ -1,6 +1,6 @@
 """``sweep --executor ray`` on a local 2-worker cluster: the same run directory as ``local``, kill -9 safe.
 
-The cluster is started once for the module (loopback only, no dashboard);
+The cluster (``cluster`` in conftest) is started once per test process (loopback only, no dashboard);
 the command-line runs join it through ``RAY_ADDRESS``, the way a driver
 joins a real cluster.
 """
@@ -28,7 +28,6 @@ from scene_sim.studies.scene.spec import load_spec
 from scene_sim.studies.scene.sweep import plan_episodes, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 SPEC = """
 name = "ray_test"
@@ -77,25 +76,6 @@ def test_ray_sweep_refuses_what_cannot_travel(tmp_path):
 
 
 # -- on a cluster ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    # Ray's own switch for loopback-only clusters (else it binds the machine's address); read at import
-    before = os.environ.get(LOOPBACK)
-    os.environ[LOOPBACK] = "0"
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        address = ray.get_runtime_context().gcs_address
-        assert address.startswith("127.0.0.1:")
-        yield address
-    finally:
-        ray.shutdown()
-        if before is None:
-            os.environ.pop(LOOPBACK, None)
-        else:
-            os.environ[LOOPBACK] = before
 
 
 def _spec(tmp_path: Path, reps: int) -> Path:

@@ -467,7 +467,7 @@ async def _run_on_ray(
     jobs_args: dict[str, Any],
 ) -> tuple[JobsSummary, dict[str, Any]]:
     """The batch on Ray workers; returns run_jobs' summary and the accounting of driver and workers."""
-    from scene_sim.executors import RayExecutor, WorkerSpec, merge_accounting
+    from scene_sim.executors import WorkerSpec, run_on_ray
 
     # an episode to judge only travels with its log: the workers may not see this run directory
     items = [
@@ -483,14 +483,7 @@ async def _run_on_ray(
         cache_mode=context.cache_mode,
         limits=spec.limits,
     )
-    async with RayExecutor(
-        worker, workers=workers, concurrency=spec.run.concurrency, budget=context.budget
-    ) as executor:
-        if executor.budget is not None:
-            context.set_budget(executor.budget)  # the driver's calls draw on the shared budget too
-        jobs = await run_jobs(items, store, executor=executor, **jobs_args)
-        accounting = merge_accounting([context.accounting(), *await executor.accounting()])
-    return jobs, accounting
+    return await run_on_ray(items, store, worker, workers=workers, **jobs_args)  # context, concurrency in it
 
 
 async def _scenarios(
