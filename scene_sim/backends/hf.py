@@ -57,6 +57,7 @@ import asyncio
 import atexit
 import contextlib
 import gc
+import hashlib
 import json
 import logging
 import math
@@ -118,6 +119,20 @@ _IDENTITY_OPTIONS = (
     "repetition_window",
     "top_p",
 )
+
+
+def adapter_digest(folder: str | Path) -> str:
+    """SHA-256 of a PEFT adapter folder's config and weights (names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    root = Path(folder).expanduser()
+    for path in sorted(root.glob("adapter_*")):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0")
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
 
 #: Rows of one scoring forward pass.
 _SCORE_CHUNK = 32
@@ -929,6 +944,8 @@ class HFBackend(Backend):
         self.opts = _Options.parse(options, self.option_defaults)
         if self.opts.adapter and not Path(self.opts.adapter).expanduser().is_dir():
             raise SceneSimError(f"LoRA adapter folder not found: {self.opts.adapter}")
+        # the adapter as it is now is the one this backend merges at load
+        self._adapter_sha256 = adapter_digest(self.opts.adapter) if self.opts.adapter else None
         self.model_dir = self._resolve_model()
         self.stats = BatchStats()
         self.load_seconds: float | None = None
@@ -976,9 +993,15 @@ class HFBackend(Backend):
     # ---------------------------------------------------------------- public API
 
     def cache_identity(self) -> dict[str, Any]:
-        """Provider, model and the options that change answers."""
+        """Provider, model and the options that change answers.
+
+        An adapter counts by its content too: an adapter retrained into the same
+        folder must not be answered from the old one's cached outputs.
+        """
         ident = super().cache_identity()
         ident.update({k: getattr(self.opts, k) for k in _IDENTITY_OPTIONS if getattr(self.opts, k) is not None})
+        if self._adapter_sha256 is not None:
+            ident["adapter_sha256"] = self._adapter_sha256
         return ident
 
     def classify(self, exc: BaseException) -> BackendError:

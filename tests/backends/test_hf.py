@@ -451,7 +451,17 @@ async def test_lora_adapter_loads_via_peft(tiny_dir: Path, tmp_path: Path) -> No
         a = await with_adapter.generate(_req(max_tokens=12))
         b = await without.generate(_req(max_tokens=12))
         assert a.text != b.text
-        assert with_adapter.cache_identity()["adapter"] == str(adapter)
+        ident = with_adapter.cache_identity()
+        assert ident["adapter"] == str(adapter)
+        # retrained into the same folder: another identity, so the old cached answers are not served
+        with torch.no_grad():
+            for name, p in lora.named_parameters():
+                if "lora_B" in name:
+                    p.add_(0.1)
+        lora.save_pretrained(adapter)
+        retrained = HFBackend(str(tiny_dir), adapter=str(adapter), device="cpu")
+        assert retrained.cache_identity()["adapter_sha256"] != ident["adapter_sha256"]
+        assert with_adapter.cache_identity() == ident  # what that backend merged is still the old adapter
         merged = with_adapter._engine.model  # type: ignore[union-attr]
         assert type(merged).__name__ == "LlamaForCausalLM"  # merged, not a PeftModel wrapper
     finally:
