@@ -53,7 +53,7 @@ def _generate(args: argparse.Namespace) -> int:
         scenarios_per_norm=args.scenarios_per_norm, types=_csv(args.types), model=args.model, judge=args.judge,
         threshold=args.threshold, max_rounds=args.max_rounds, seed=args.seed, mode=args.mode, top_k=args.top_k,
         encoder=args.encoder, concurrency=args.concurrency, budget_usd=args.budget, cache=args.cache,
-        quiet=args.quiet,
+        quiet=args.quiet, executor=args.executor, workers=args.workers,
     )  # fmt: skip
     result = asyncio.run(generate(cfg))
     s = result.summary
@@ -133,7 +133,15 @@ def register(group: CommandGroup) -> None:
     p.add_argument("--mode", default="generator", choices=("generator", "agents"), help="who writes the dialogue")
     p.add_argument("--top-k", type=int, default=2, help="exemplars retrieved per scenario (default 2)")
     p.add_argument("--encoder", default="use", choices=("use", "hash"), help="retrieval encoder (default use)")
-    p.add_argument("--concurrency", type=int, default=8, help="items in flight (default 8)")
+    p.add_argument("--concurrency", type=int, default=8, help="items in flight (on each Ray worker; default 8)")
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=("local", "ray"),
+        help="local: one event loop (default); ray: scenarios sharded over Ray workers "
+        "(joins RAY_ADDRESS when set, else starts a local cluster)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs)")
     p.add_argument("--budget", type=float, default=None, help="stop starting items past this many USD")
     p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     p.add_argument("--spec", default=None, help="a TOML spec whose [generate] table sets these options")
