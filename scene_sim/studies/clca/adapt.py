@@ -11,8 +11,8 @@ a re-run does not ask again.
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,16 @@ from pydantic import ValidationError
 
 from scene_sim.actions import extract_json
 from scene_sim.context import RunContext
-from scene_sim.jobs import JobsSummary, run_jobs
+from scene_sim.jobs import JobsSummary
 from scene_sim.prompts import load_template
 from scene_sim.records import RecordFile
 from scene_sim.studies.clca.calls import ask, is_scripted, item_seed
 from scene_sim.studies.clca.cultures import Culture
 from scene_sim.studies.clca.policies import scripted_adapt
 from scene_sim.studies.clca.records import Scenario, Task
+from scene_sim.studies.clca.steps import Output, Runner
 
-__all__ = ["check_adapted", "run_adapt", "scenario_id"]
+__all__ = ["check_adapted", "make_worker", "run_adapt", "scenario_id"]
 
 
 def scenario_id(culture: Culture, task: Task) -> str:
@@ -66,28 +67,13 @@ def check_adapted(task: Task, culture: Culture, data: Any) -> tuple[Scenario | N
     return scenario, None
 
 
-async def run_adapt(
-    out: Path,
-    tasks: list[Task],
-    cultures: list[Culture],
-    model: str,
-    *,
-    seed: int,
-    context: RunContext | None,
-    concurrency: int = 16,
-    quiet: bool = False,
-    budget_usd: float | None = None,
-    temperature: float | None = 0.7,
-) -> JobsSummary:
-    """Adapt every (culture, task) pair not yet in ``scenarios.jsonl`` or ``rejected.jsonl``."""
-    scenarios = RecordFile(out / "scenarios.jsonl")
-    rejected = RecordFile(out / "rejected.jsonl")
-    done = scenarios.ids("id") | rejected.ids("id")
-    todo = [(c, t) for c in cultures for t in tasks if scenario_id(c, t) not in done]
+def make_worker(
+    context: RunContext | None, *, seed: int, model: str, temperature: float | None
+) -> Callable[[tuple[Culture, Task]], Awaitable[Output]]:
+    """The work of one (culture, task) pair: its scenario or its rejection, written by the driver."""
     template = load_template("clca/adapt")
-    lock = asyncio.Lock()
 
-    async def work(item: tuple[Culture, Task]) -> None:
+    async def compute(item: tuple[Culture, Task]) -> Output:
         culture, task = item
         generic = {"setting": task.setting, "participants": [p.model_dump() for p in task.participants]}
         system, user = template.render(culture=culture.name, scenario=json.dumps(generic, ensure_ascii=False))
@@ -114,26 +100,46 @@ async def run_adapt(
             temperature=temperature,
             max_tokens=1200,
         )
-        async with lock:
-            if asked.value is not None:
-                scenarios.append({**asked.value.model_dump(), "model": model, "attempts": len(asked.raw)})
-            else:
-                rejected.append(
-                    {
-                        "id": scenario_id(culture, task),
-                        "culture": culture.name,
-                        "source_id": task.id,
-                        "reason": asked.problem,
-                        "raw": list(asked.raw),
-                        "model": model,
-                    }
-                )
+        if asked.value is not None:
+            record = {**asked.value.model_dump(), "model": model, "attempts": len(asked.raw)}
+            return Output(records=(("scenarios.jsonl", record),))
+        rejected = {
+            "id": scenario_id(culture, task),
+            "culture": culture.name,
+            "source_id": task.id,
+            "reason": asked.problem,
+            "raw": list(asked.raw),
+            "model": model,
+        }
+        return Output(records=(("rejected.jsonl", rejected),))
 
-    return await run_jobs(
+    return compute
+
+
+async def run_adapt(
+    out: Path,
+    tasks: list[Task],
+    cultures: list[Culture],
+    model: str,
+    *,
+    seed: int,
+    context: RunContext | None,
+    concurrency: int = 16,
+    quiet: bool = False,
+    budget_usd: float | None = None,
+    temperature: float | None = 0.7,
+    runner: Runner | None = None,
+) -> JobsSummary:
+    """Adapt every (culture, task) pair not yet in ``scenarios.jsonl`` or ``rejected.jsonl``."""
+    done = RecordFile(out / "scenarios.jsonl").ids("id") | RecordFile(out / "rejected.jsonl").ids("id")
+    todo = [(c, t) for c in cultures for t in tasks if scenario_id(c, t) not in done]
+    return await (runner or Runner()).run(
+        out,
         todo,
-        work,
-        concurrency=concurrency,
+        "scene_sim.studies.clca.adapt:make_worker",
+        {"seed": seed, "model": model, "temperature": temperature},
         context=context,
+        concurrency=concurrency,
         budget_usd=budget_usd,
         label="scenarios",
         already_done=len(done),

@@ -184,7 +184,10 @@ def _export(args: argparse.Namespace) -> int:
 def _pipeline(args: argparse.Namespace) -> int:
     from scene_sim.studies.clca.pipeline import run_pipeline
 
-    t9 = run_pipeline(args.spec, args.out, cache=args.cache, quiet=args.quiet, executor=args.executor, seed=args.seed)
+    t9 = run_pipeline(
+        args.spec, args.out, cache=args.cache, quiet=args.quiet, executor=args.executor, workers=args.workers,
+        seed=args.seed,
+    )  # fmt: skip
     print(f"wrote {args.out}/train.jsonl, table9.json, run.json")
     return 0 if t9["total"]["scenarios"] else 1
 
@@ -243,7 +246,14 @@ def register(group: CommandGroup) -> None:
     p.add_argument("spec", help="SPEC.toml (e.g. experiments/clca/offline_smoke.toml)")
     p.add_argument("--out", required=True, help="run folder (re-running resumes)")
     p.add_argument("--resume", action="store_true", help="continue a run in --out (re-running does so anyway)")
-    p.add_argument("--executor", default="local", choices=("local", "ray"), help="local (default)")
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=("local", "ray"),
+        help="local: one event loop (default); ray: each step's items on Ray workers "
+        "(joins RAY_ADDRESS when set, else starts a local cluster)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: the cluster's CPUs)")
     p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     p.add_argument("--seed", type=int, default=None, help="override the spec's seed")
     add_cache_argument(p)

@@ -10,22 +10,23 @@ model is unsure, gives ``cultural_reason: null``.
 
 from __future__ import annotations
 
-import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
-from scene_sim.jobs import JobsSummary, run_jobs
+from scene_sim.jobs import JobsSummary
 from scene_sim.prompts import load_template
 from scene_sim.records import RecordFile
 from scene_sim.studies.clca.calls import ask, is_scripted, item_seed
 from scene_sim.studies.clca.cultures import Culture
 from scene_sim.studies.clca.policies import scripted_intent
 from scene_sim.studies.clca.records import Dialogue, Scenario
+from scene_sim.studies.clca.steps import Output, Runner
 
-__all__ = ["intent_prompt", "parse_intent", "run_intents"]
+__all__ = ["intent_prompt", "make_worker", "parse_intent", "run_intents"]
 
 _INTENT = re.compile(r"\**\s*intent\s*\**\s*[:：]\s*(.*)", re.IGNORECASE | re.DOTALL)
 _REASON = re.compile(r"\b(?:cultural\s+)?(?:reason(?:ing)?|explanation|because)\s*[:：]\s*", re.IGNORECASE)
@@ -77,28 +78,13 @@ def kept_dialogues(out: Path) -> list[Dialogue]:
     return [d for d in (Dialogue.model_validate(r) for r in RecordFile(out / "dialogues.jsonl")) if d.id in kept]
 
 
-async def run_intents(
-    out: Path,
-    model: str,
-    cultures: dict[str, Culture],
-    *,
-    seed: int,
-    context: RunContext | None,
-    concurrency: int = 16,
-    quiet: bool = False,
-    budget_usd: float | None = None,
-) -> JobsSummary:
-    """Write the intent of every turn of each kept dialogue not yet in ``intents.jsonl``."""
-    scenarios = {r["id"]: Scenario.model_validate(r) for r in RecordFile(out / "scenarios.jsonl")}
-    intents = RecordFile(out / "intents.jsonl")
-    done = intents.ids("id")
-    todo = [(d, i) for d in kept_dialogues(out) for i in range(len(d.turns)) if f"{d.id}:{i}" not in done]
-    lock = asyncio.Lock()
+def make_worker(
+    context: RunContext | None, *, model: str, seed: int
+) -> Callable[[tuple[Dialogue, int, Scenario | None, Culture | None]], Awaitable[Output]]:
+    """The work of one turn of a kept dialogue: its intent record, written by the driver."""
 
-    async def work(item: tuple[Dialogue, int]) -> None:
-        dialogue, index = item
-        scenario = scenarios.get(dialogue.scenario_id)
-        culture = cultures.get(dialogue.culture)
+    async def compute(item: tuple[Dialogue, int, Scenario | None, Culture | None]) -> Output:
+        dialogue, index, scenario, culture = item
         if scenario is None or culture is None:
             raise SceneSimError(f"dialogue {dialogue.id}: its scenario or culture is unknown")
         system, user = intent_prompt(scenario, dialogue, index)
@@ -116,27 +102,51 @@ async def run_intents(
             max_tokens=200,
         )
         value = asked.value or {"intent": "", "cultural_reason": None}
-        async with lock:
-            intents.append(
-                {
-                    "id": f"{dialogue.id}:{index}",
-                    "dialogue_id": dialogue.id,
-                    "turn": index,
-                    "speaker": dialogue.turns[index].speaker,
-                    "intent": value["intent"],
-                    "cultural_reason": value["cultural_reason"],
-                    "culture": dialogue.culture,
-                    "raw": list(asked.raw),
-                    "parse_failure": asked.value is None,
-                    "parse_failures": asked.parse_failures,
-                }
-            )
+        record = {
+            "id": f"{dialogue.id}:{index}",
+            "dialogue_id": dialogue.id,
+            "turn": index,
+            "speaker": dialogue.turns[index].speaker,
+            "intent": value["intent"],
+            "cultural_reason": value["cultural_reason"],
+            "culture": dialogue.culture,
+            "raw": list(asked.raw),
+            "parse_failure": asked.value is None,
+            "parse_failures": asked.parse_failures,
+        }
+        return Output(records=(("intents.jsonl", record),))
 
-    return await run_jobs(
+    return compute
+
+
+async def run_intents(
+    out: Path,
+    model: str,
+    cultures: dict[str, Culture],
+    *,
+    seed: int,
+    context: RunContext | None,
+    concurrency: int = 16,
+    quiet: bool = False,
+    budget_usd: float | None = None,
+    runner: Runner | None = None,
+) -> JobsSummary:
+    """Write the intent of every turn of each kept dialogue not yet in ``intents.jsonl``."""
+    scenarios = {r["id"]: Scenario.model_validate(r) for r in RecordFile(out / "scenarios.jsonl")}
+    done = RecordFile(out / "intents.jsonl").ids("id")
+    todo = [
+        (d, i, scenarios.get(d.scenario_id), cultures.get(d.culture))
+        for d in kept_dialogues(out)
+        for i in range(len(d.turns))
+        if f"{d.id}:{i}" not in done
+    ]
+    return await (runner or Runner()).run(
+        out,
         todo,
-        work,
-        concurrency=concurrency,
+        "scene_sim.studies.clca.intents:make_worker",
+        {"model": model, "seed": seed},
         context=context,
+        concurrency=concurrency,
         budget_usd=budget_usd,
         label="intents",
         already_done=len(done),

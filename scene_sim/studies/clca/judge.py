@@ -16,20 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
-from scene_sim.jobs import JobsSummary, run_jobs
+from scene_sim.jobs import JobsSummary
 from scene_sim.prompts import load_template
 from scene_sim.records import RecordFile
 from scene_sim.studies.clca.calls import ask, is_scripted, item_seed
 from scene_sim.studies.clca.policies import scripted_judge
 from scene_sim.studies.clca.records import Choice, Dialogue, Judgement, MetaJudgement, Scenario
+from scene_sim.studies.clca.steps import Output, Runner
 
-__all__ = ["CONFIDENCES", "keep", "parse_judgement", "run_filter"]
+__all__ = ["CONFIDENCES", "keep", "make_worker", "parse_judgement", "run_filter"]
 
 CONFIDENCES = ("very confident", "confident", "not sure")
 _OPTIONS = {
@@ -88,27 +89,11 @@ def dialogue_text(dialogue: Dialogue) -> str:
     return "\n".join(f"{t.speaker}: {t.text}" for t in dialogue.turns) or "(no turns)"
 
 
-async def run_filter(
-    out: Path,
-    judge: str,
-    *,
-    seed: int,
-    context: RunContext | None,
-    high_confidence: Sequence[str] = ("very confident",),
-    concurrency: int = 16,
-    quiet: bool = False,
-    budget_usd: float | None = None,
-) -> JobsSummary:
-    """Judge every dialogue of ``dialogues.jsonl`` not yet in ``judgements.jsonl``."""
-    bad = [c for c in high_confidence if c not in CONFIDENCES]
-    if bad or not high_confidence:
-        raise SceneSimError(f"high_confidence must be a non-empty subset of {', '.join(CONFIDENCES)}; got {bad}")
-    scenarios = {r["id"]: Scenario.model_validate(r) for r in RecordFile(out / "scenarios.jsonl")}
-    dialogues = [Dialogue.model_validate(r) for r in RecordFile(out / "dialogues.jsonl")]
-    judgements = RecordFile(out / "judgements.jsonl")
-    done = judgements.ids("dialogue_id")
-    todo = [d for d in dialogues if d.id not in done]
-    lock = asyncio.Lock()
+def make_worker(
+    context: RunContext | None, *, judge: str, high_confidence: Sequence[str], seed: int
+) -> Callable[[tuple[Dialogue, Scenario | None]], Awaitable[Output]]:
+    """The work of one dialogue: its three judgements and the keep decision, written by the driver."""
+    high_confidence = tuple(high_confidence)
 
     async def one(kind: str, template: str, values: dict[str, Any], dialogue: Dialogue, s: int, step1: Any) -> Any:
         system, user = load_template(template).render(**values)
@@ -125,8 +110,8 @@ async def run_filter(
             max_tokens=300,
         )
 
-    async def work(dialogue: Dialogue) -> None:
-        scenario = scenarios.get(dialogue.scenario_id)
+    async def compute(item: tuple[Dialogue, Scenario | None]) -> Output:
+        dialogue, scenario = item
         if scenario is None:
             raise SceneSimError(f"dialogue {dialogue.id}: scenario '{dialogue.scenario_id}' not in scenarios.jsonl")
         s = item_seed(seed, "filter", dialogue.id)
@@ -166,36 +151,59 @@ async def run_filter(
             meta=meta,
             kept=keep(quality, meta, high_confidence),
         )
-        async with lock:
-            judgements.append(
-                {
-                    **record.model_dump(),
-                    "culture": dialogue.culture,
-                    "raw": {
-                        "culture_alignment": list(culture_a.raw),
-                        "quality": list(quality_a.raw),
-                        "meta": list(meta_a.raw),
-                    },
-                    "parse_failures": culture_a.parse_failures + quality_a.parse_failures + meta_a.parse_failures,
-                    "unparsed": [
-                        k
-                        for k, a in (("culture_alignment", culture_a), ("quality", quality_a), ("meta", meta_a))
-                        if a.value is None
-                    ],
-                    "high_confidence": list(high_confidence),
-                    "judge": judge,
-                }
-            )
+        judgement = {
+            **record.model_dump(),
+            "culture": dialogue.culture,
+            "raw": {
+                "culture_alignment": list(culture_a.raw),
+                "quality": list(quality_a.raw),
+                "meta": list(meta_a.raw),
+            },
+            "parse_failures": culture_a.parse_failures + quality_a.parse_failures + meta_a.parse_failures,
+            "unparsed": [
+                k
+                for k, a in (("culture_alignment", culture_a), ("quality", quality_a), ("meta", meta_a))
+                if a.value is None
+            ],
+            "high_confidence": list(high_confidence),
+            "judge": judge,
+        }
+        return Output(records=(("judgements.jsonl", judgement),))
 
-    return await run_jobs(
+    return compute
+
+
+async def run_filter(
+    out: Path,
+    judge: str,
+    *,
+    seed: int,
+    context: RunContext | None,
+    high_confidence: Sequence[str] = ("very confident",),
+    concurrency: int = 16,
+    quiet: bool = False,
+    budget_usd: float | None = None,
+    runner: Runner | None = None,
+) -> JobsSummary:
+    """Judge every dialogue of ``dialogues.jsonl`` not yet in ``judgements.jsonl``."""
+    bad = [c for c in high_confidence if c not in CONFIDENCES]
+    if bad or not high_confidence:
+        raise SceneSimError(f"high_confidence must be a non-empty subset of {', '.join(CONFIDENCES)}; got {bad}")
+    scenarios = {r["id"]: Scenario.model_validate(r) for r in RecordFile(out / "scenarios.jsonl")}
+    dialogues = [Dialogue.model_validate(r) for r in RecordFile(out / "dialogues.jsonl")]
+    done = RecordFile(out / "judgements.jsonl").ids("dialogue_id")
+    todo = [(d, scenarios.get(d.scenario_id)) for d in dialogues if d.id not in done]
+    return await (runner or Runner()).run(
+        out,
         todo,
-        work,
-        concurrency=concurrency,
+        "scene_sim.studies.clca.judge:make_worker",
+        {"judge": judge, "high_confidence": tuple(high_confidence), "seed": seed},
         context=context,
+        concurrency=concurrency,
         budget_usd=budget_usd,
         label="judgements",
         already_done=len(done),
         quiet=quiet,
-        name=lambda d: d.id,
-        counts=lambda _d: not is_scripted(judge),
+        name=lambda it: it[0].id,
+        counts=lambda _it: not is_scripted(judge),
     )

@@ -182,19 +182,24 @@ def run_pipeline(
     cache: str = "read-write",
     quiet: bool = False,
     executor: str = "local",
+    workers: int | None = None,
     seed: int | None = None,
 ) -> dict[str, Any]:
-    """Run every step of the spec into ``out_dir`` (resuming what is there); returns the Table 9 dict."""
+    """Run every step of the spec into ``out_dir`` (resuming what is there); returns the Table 9 dict.
+
+    With ``executor="ray"`` each step's items are computed on Ray workers (``workers`` of them,
+    default the cluster's CPUs) and stored here, so the folder is the one ``local`` writes.
+    """
     from scene_sim.studies.clca.adapt import run_adapt
     from scene_sim.studies.clca.export import export_train
     from scene_sim.studies.clca.intents import run_intents
     from scene_sim.studies.clca.judge import run_filter
     from scene_sim.studies.clca.roleplay import RoleplaySettings, run_roleplay
+    from scene_sim.studies.clca.steps import Runner
     from scene_sim.studies.clca.table9 import format_table9, table9
     from scene_sim.studies.clca.tasks import load_tasks
 
-    if executor != "local":
-        raise SceneSimError(f"--executor {executor}: clca pipeline runs on the local executor only for now")
+    runner = Runner(executor, workers)  # checks both before anything is written
     spec, base = load_spec(spec_path)
     if seed is not None:
         spec["seed"] = seed  # recorded in run.json with the spec, so a resume must use the same seed
@@ -234,9 +239,11 @@ def run_pipeline(
     online = [m for m in models.values() if not is_scripted(m)]
 
     async def main() -> dict[str, Any]:
-        context = RunContext(cache_mode=cache, budget=budget) if online else None
+        # Ray's workers always get a context (the budget travels in it); offline local runs need none
+        context = RunContext(cache_mode=cache, budget=budget) if online or executor == "ray" else None
         summaries: dict[str, Any] = {}
         kw: dict[str, Any] = {"seed": seed, "context": context, "concurrency": concurrency, "quiet": quiet}
+        kw["runner"] = runner
         kw["budget_usd"] = budget
         try:
             if context is not None and budget is not None:
@@ -256,12 +263,18 @@ def run_pipeline(
                 if summary.budget_stopped:
                     print(f"scene-sim: budget reached during {name}; re-run with a larger budget to go on")
                     break
-            return {"steps": summaries, "accounting": context.accounting() if context is not None else {}}
+            return {"steps": summaries, "accounting": runner.accounting(context)}
         finally:
             if context is not None:
                 await context.aclose()
 
-    result = asyncio.run(main())
+    if executor == "ray":
+        from scene_sim.executors import ray_session
+
+        with ray_session(workers):  # one connection for the four steps (ray.init wants the main thread)
+            result = asyncio.run(main())
+    else:
+        result = asyncio.run(main())
     exported = export_train(out)
     t9 = table9(out)
     atomic_write_text(out / "table9.json", json.dumps(t9, indent=1, ensure_ascii=False) + "\n")

@@ -11,26 +11,27 @@ secret (privacy by construction; the tests check the logged prompts).
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from scene_sim._json import dumps_lines
 from scene_sim.actions import Message, NoOp, extract_json
 from scene_sim.agents import ChatAgent, Decision, ask_until_valid
 from scene_sim.context import RunContext
 from scene_sim.errors import SceneSimError
-from scene_sim.jobs import JobsSummary, run_jobs
+from scene_sim.jobs import JobsSummary
 from scene_sim.model import ConversationModel
 from scene_sim.prompts import load_template
 from scene_sim.records import RecordFile
-from scene_sim.rundir import RunDir
 from scene_sim.studies.clca.calls import is_scripted, item_seed
 from scene_sim.studies.clca.cultures import Culture
 from scene_sim.studies.clca.policies import scripted_roleplay
 from scene_sim.studies.clca.records import Dialogue, Participant, Scenario, Turn
+from scene_sim.studies.clca.steps import Output, Runner
 
-__all__ = ["ROLEPLAY_SCHEMA", "RolePlayer", "RoleplayModel", "RoleplaySettings", "run_roleplay"]
+__all__ = ["ROLEPLAY_SCHEMA", "RolePlayer", "RoleplayModel", "RoleplaySettings", "make_worker", "run_roleplay"]
 
 #: The role-player's structured answer (Sotopia's action types, restricted to speak and leave).
 ROLEPLAY_SCHEMA: dict[str, Any] = {
@@ -283,29 +284,13 @@ class RoleplayModel(ConversationModel):
         )
 
 
-async def run_roleplay(
-    out: Path,
-    model: str,
-    cultures: dict[str, Culture],
-    *,
-    settings: RoleplaySettings,
-    seed: int,
-    context: RunContext | None,
-    concurrency: int = 16,
-    quiet: bool = False,
-    budget_usd: float | None = None,
-) -> JobsSummary:
-    """Play every scenario of ``out/scenarios.jsonl`` ``settings.reps`` times (skipping dialogues done)."""
-    scenarios = [Scenario.model_validate(r) for r in RecordFile(out / "scenarios.jsonl")]
-    dialogues = RecordFile(out / "dialogues.jsonl")
-    done = dialogues.ids("id")
-    rundir = RunDir(out)
-    todo = [(s, rep) for s in scenarios for rep in range(settings.reps) if f"{s.id}-r{rep}" not in done]
-    lock = asyncio.Lock()
+def make_worker(
+    context: RunContext | None, *, model: str, settings: RoleplaySettings, seed: int
+) -> Callable[[tuple[Scenario, int, Culture | None]], Awaitable[Output]]:
+    """The work of one (scenario, rep): its event log and dialogue record, written by the driver."""
 
-    async def work(item: tuple[Scenario, int]) -> None:
-        scenario, rep = item
-        culture = cultures.get(scenario.culture)
+    async def compute(item: tuple[Scenario, int, Culture | None]) -> Output:
+        scenario, rep, culture = item
         if culture is None:
             raise SceneSimError(f"scenario {scenario.id}: unknown culture '{scenario.culture}'")
         episode = RoleplayModel(
@@ -324,17 +309,43 @@ async def run_roleplay(
             record = episode.dialogue()
         finally:
             episode.dispose()
-        await rundir.awrite_episode(result.episode_id, result.events)
-        if result.end_reason in ("error", "budget"):
-            raise SceneSimError(f"ended with '{result.end_reason}' (re-run to retry)")
-        async with lock:
-            dialogues.append(record.model_dump())
+        log = (result.episode_id, dumps_lines(list(result.events)))
+        if result.end_reason in ("error", "budget"):  # the log is kept; the dialogue is retried by a re-run
+            return Output(episode=log, error=f"ended with '{result.end_reason}' (re-run to retry)")
+        return Output(records=(("dialogues.jsonl", record.model_dump()),), episode=log)
 
-    return await run_jobs(
+    return compute
+
+
+async def run_roleplay(
+    out: Path,
+    model: str,
+    cultures: dict[str, Culture],
+    *,
+    settings: RoleplaySettings,
+    seed: int,
+    context: RunContext | None,
+    concurrency: int = 16,
+    quiet: bool = False,
+    budget_usd: float | None = None,
+    runner: Runner | None = None,
+) -> JobsSummary:
+    """Play every scenario of ``out/scenarios.jsonl`` ``settings.reps`` times (skipping dialogues done)."""
+    scenarios = [Scenario.model_validate(r) for r in RecordFile(out / "scenarios.jsonl")]
+    done = RecordFile(out / "dialogues.jsonl").ids("id")
+    todo = [
+        (s, rep, cultures.get(s.culture))
+        for s in scenarios
+        for rep in range(settings.reps)
+        if f"{s.id}-r{rep}" not in done
+    ]
+    return await (runner or Runner()).run(
+        out,
         todo,
-        work,
-        concurrency=concurrency,
+        "scene_sim.studies.clca.roleplay:make_worker",
+        {"model": model, "settings": settings, "seed": seed},
         context=context,
+        concurrency=concurrency,
         budget_usd=budget_usd,
         label="dialogues",
         already_done=len(done),
